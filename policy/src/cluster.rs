@@ -1,0 +1,299 @@
+//! The cluster state policies are compiled against: namespaces, pods, services, endpoint
+//! slices and policies, however they were read.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::{IpAddr, Ipv4Addr};
+
+use crate::policy::Policy;
+use crate::ports::{ContainerPort, PortRef, Protocol};
+use crate::selector::Labels;
+
+/// The label every namespace carries with its own name.
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+/// Annotation that puts a namespace, pod or policy in audit mode.
+pub const MODE_ANNOTATION: &str = "palisade.dev/mode";
+
+/// A namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Namespace {
+    /// The name.
+    pub name: String,
+    /// The labels, `kubernetes.io/metadata.name` included.
+    pub labels: Labels,
+    /// The annotations.
+    pub annotations: Labels,
+}
+
+impl Namespace {
+    /// A namespace no manifest declared: only its name label.
+    pub fn implicit(name: &str) -> Self {
+        Self {
+            name: name.to_owned(),
+            labels: Labels::from([(NAMESPACE_NAME_LABEL.to_owned(), name.to_owned())]),
+            annotations: Labels::new(),
+        }
+    }
+}
+
+/// A pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pod {
+    /// The namespace.
+    pub namespace: String,
+    /// The name.
+    pub name: String,
+    /// The labels.
+    pub labels: Labels,
+    /// The annotations.
+    pub annotations: Labels,
+    /// `status.podIPs` (or `status.podIP`), primary first.
+    pub ips: Vec<IpAddr>,
+    /// `status.hostIP`: the node the pod runs on.
+    pub host_ip: Option<IpAddr>,
+    /// Whether the pod uses the node's network namespace.
+    pub host_network: bool,
+    /// The ports its containers declare.
+    pub ports: Vec<ContainerPort>,
+}
+
+impl Pod {
+    /// `namespace/name`.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// The number a named container port has for `protocol`, if the pod declares it.
+    pub fn named_port(&self, name: &str, protocol: Protocol) -> Option<u16> {
+        self.ports
+            .iter()
+            .find(|p| p.protocol == protocol && p.name.as_deref() == Some(name))
+            .map(|p| p.port)
+    }
+
+    /// The pod's address in the family of `like` (its primary address if it has none).
+    pub fn ip_like(&self, like: IpAddr) -> Option<IpAddr> {
+        self.ips
+            .iter()
+            .copied()
+            .find(|ip| ip.is_ipv4() == like.is_ipv4())
+            .or_else(|| self.ips.first().copied())
+    }
+}
+
+/// A port of a Service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServicePort {
+    /// The port's name (required when a Service has several).
+    pub name: Option<String>,
+    /// The port on the ClusterIP.
+    pub port: u16,
+    /// The protocol.
+    pub protocol: Protocol,
+    /// The backend port: a number, or a container port name.
+    pub target_port: PortRef,
+}
+
+/// A Service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Service {
+    /// The namespace.
+    pub namespace: String,
+    /// The name.
+    pub name: String,
+    /// `spec.clusterIPs` (empty for a headless Service).
+    pub cluster_ips: Vec<IpAddr>,
+    /// `spec.selector`; `None` when endpoints are managed by hand.
+    pub selector: Option<Labels>,
+    /// The ports.
+    pub ports: Vec<ServicePort>,
+}
+
+/// A port of an EndpointSlice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointPort {
+    /// Matches the Service port's name.
+    pub name: Option<String>,
+    /// The backend port number.
+    pub port: u16,
+    /// The protocol.
+    pub protocol: Protocol,
+}
+
+/// An endpoint of an EndpointSlice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Its addresses.
+    pub addresses: Vec<IpAddr>,
+    /// Whether it is ready to serve (unset counts as ready).
+    pub ready: bool,
+}
+
+/// An EndpointSlice.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointSlice {
+    /// The namespace.
+    pub namespace: String,
+    /// The name.
+    pub name: String,
+    /// The Service it belongs to (`kubernetes.io/service-name`).
+    pub service: Option<String>,
+    /// The ports.
+    pub ports: Vec<EndpointPort>,
+    /// The endpoints.
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// One backend a Service port leads to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Backend {
+    /// The backend's address.
+    pub ip: IpAddr,
+    /// The backend's port.
+    pub port: u16,
+}
+
+/// Everything policies are compiled against.
+#[derive(Debug, Clone, Default)]
+pub struct Cluster {
+    /// Namespaces by name, declared or implied.
+    pub namespaces: BTreeMap<String, Namespace>,
+    /// Pods, sorted by namespace and name.
+    pub pods: Vec<Pod>,
+    /// Services, sorted by namespace and name.
+    pub services: Vec<Service>,
+    /// EndpointSlices.
+    pub endpoint_slices: Vec<EndpointSlice>,
+    /// Policies of every kind, sorted by kind, namespace and name.
+    pub policies: Vec<Policy>,
+}
+
+/// Where addresses are assigned from when a pod has none: 198.18.0.0/15, reserved for
+/// benchmarking networks (RFC 2544), so that it is never a real host's address.
+const ASSIGN_FROM: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 0);
+
+impl Cluster {
+    /// Sorts objects, and declares implicitly every namespace that objects name.
+    pub fn finish(&mut self) {
+        self.pods
+            .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        self.services
+            .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+        self.policies.sort_by(|a, b| a.id.cmp(&b.id));
+        let named: BTreeSet<String> = self
+            .pods
+            .iter()
+            .map(|p| p.namespace.clone())
+            .chain(self.services.iter().map(|s| s.namespace.clone()))
+            .chain(self.policies.iter().map(|p| p.id.namespace.clone()))
+            .collect();
+        for ns in named {
+            self.namespaces
+                .entry(ns.clone())
+                .or_insert_with(|| Namespace::implicit(&ns));
+        }
+    }
+
+    /// Gives every pod without an address one that no other object uses, from a range
+    /// reserved for benchmarking networks (198.18.0.0/15), deterministically.
+    pub fn assign_missing_ips(&mut self) {
+        let used: BTreeSet<IpAddr> = self
+            .pods
+            .iter()
+            .flat_map(|p| p.ips.iter().copied().chain(p.host_ip))
+            .chain(self.services.iter().flat_map(|s| s.cluster_ips.iter().copied()))
+            .collect();
+        let mut next = u32::from(ASSIGN_FROM);
+        for pod in self.pods.iter_mut().filter(|p| p.ips.is_empty()) {
+            let ip = loop {
+                next += 1;
+                let ip = IpAddr::V4(Ipv4Addr::from(next));
+                // Skip .0 and .255 so that no assigned address looks like a network or
+                // broadcast address in a /24.
+                if !used.contains(&ip) && !matches!(next & 0xff, 0 | 255) {
+                    break ip;
+                }
+            };
+            pod.ips.push(ip);
+        }
+    }
+
+    /// The namespace named `name` (declared or implied).
+    pub fn namespace(&self, name: &str) -> Option<&Namespace> {
+        self.namespaces.get(name)
+    }
+
+    /// The pod `namespace/name`.
+    pub fn pod(&self, namespace: &str, name: &str) -> Option<&Pod> {
+        self.pods
+            .binary_search_by(|p| (p.namespace.as_str(), p.name.as_str()).cmp(&(namespace, name)))
+            .ok()
+            .map(|i| &self.pods[i])
+    }
+
+    /// The pods by each of their addresses.
+    pub fn pods_by_ip(&self) -> HashMap<IpAddr, &Pod> {
+        self.pods
+            .iter()
+            .flat_map(|p| p.ips.iter().map(move |ip| (*ip, p)))
+            .collect()
+    }
+
+    /// The nodes: every `hostIP` a pod names.
+    pub fn node_ips(&self) -> BTreeSet<IpAddr> {
+        self.pods.iter().filter_map(|p| p.host_ip).collect()
+    }
+
+    /// Whether a namespace or pod asks for audit mode.
+    pub fn pod_in_audit_mode(&self, pod: &Pod) -> bool {
+        let audit = |a: &Labels| a.get(MODE_ANNOTATION).is_some_and(|m| m == "audit");
+        audit(&pod.annotations) || self.namespace(&pod.namespace).is_some_and(|n| audit(&n.annotations))
+    }
+
+    /// The backends of one port of a Service: from its EndpointSlices when there are any,
+    /// otherwise from the ready pods its selector picks, as the endpoints controller would.
+    pub fn backends(&self, service: &Service, port: &ServicePort) -> Vec<Backend> {
+        let slices: Vec<&EndpointSlice> = self
+            .endpoint_slices
+            .iter()
+            .filter(|s| s.namespace == service.namespace && s.service.as_deref() == Some(&service.name))
+            .collect();
+        let mut out = BTreeSet::new();
+        if !slices.is_empty() {
+            for slice in slices {
+                let Some(ep_port) = slice
+                    .ports
+                    .iter()
+                    .find(|p| p.name == port.name && p.protocol == port.protocol)
+                else {
+                    continue;
+                };
+                for ep in slice.endpoints.iter().filter(|e| e.ready) {
+                    out.extend(ep.addresses.iter().map(|&ip| Backend { ip, port: ep_port.port }));
+                }
+            }
+        } else if let Some(selector) = &service.selector {
+            for pod in self.pods.iter().filter(|p| {
+                p.namespace == service.namespace
+                    && !selector.is_empty()
+                    && selector.iter().all(|(k, v)| p.labels.get(k) == Some(v))
+            }) {
+                let target = match &port.target_port {
+                    PortRef::Number(n) => Some(*n),
+                    PortRef::Name(name) => pod.named_port(name, port.protocol),
+                };
+                if let Some(target) = target {
+                    out.extend(pod.ips.iter().map(|&ip| Backend { ip, port: target }));
+                }
+            }
+        }
+        out.into_iter().collect()
+    }
+}
+
+/// Whether an address is one a pod reaches itself by, whatever its own addresses are.
+pub fn is_loopback(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+    }
+}

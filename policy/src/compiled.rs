@@ -1,0 +1,322 @@
+//! One pod's compiled policy: what its proxy receives. Selectors are gone, peers are sets of
+//! addresses, named ports are numbers; everything a verdict needs and nothing else.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::fqdn::NamePattern;
+use crate::peer::IpBlock;
+use crate::policy::{Direction, PolicyId, L7};
+use crate::ports::Protocol;
+
+/// A sorted set of addresses.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct IpSet(Vec<IpAddr>);
+
+impl IpSet {
+    /// The set of these addresses.
+    pub fn new(mut ips: Vec<IpAddr>) -> Self {
+        ips.sort_unstable();
+        ips.dedup();
+        Self(ips)
+    }
+
+    /// Whether `ip` is in the set.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        self.0.binary_search(&ip).is_ok()
+    }
+
+    /// The addresses, sorted.
+    pub fn as_slice(&self) -> &[IpAddr] {
+        &self.0
+    }
+}
+
+/// Destination ports a named port stands for, by destination address (egress rules name a
+/// port of the peer pod, which differs from pod to pod).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct NamedPortMap(Vec<(IpAddr, u16)>);
+
+impl NamedPortMap {
+    /// The map of these pairs (an address has one port per name and protocol).
+    pub fn new(mut pairs: Vec<(IpAddr, u16)>) -> Self {
+        pairs.sort_unstable();
+        pairs.dedup_by_key(|p| p.0);
+        Self(pairs)
+    }
+
+    /// The port the name has on `ip`, if `ip` is a pod that declares it.
+    pub fn get(&self, ip: IpAddr) -> Option<u16> {
+        self.0
+            .binary_search_by(|(a, _)| a.cmp(&ip))
+            .ok()
+            .map(|i| self.0[i].1)
+    }
+}
+
+/// What a compiled peer matches.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum PeerMatch {
+    /// Any address.
+    Any,
+    /// Exactly these addresses (pods a selector picked; nodes).
+    Ips(Arc<IpSet>),
+    /// Addresses in a block.
+    Block(IpBlock),
+    /// Any address except these (Cilium's `world`: not a pod or node).
+    NotIps(Arc<IpSet>),
+    /// Addresses the pod resolved from a matching name (FQDN egress).
+    Names(Arc<[NamePattern]>),
+}
+
+/// A compiled peer and its position in the rule.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CompiledPeer {
+    /// Index of the peer in the rule's `from`/`to`.
+    pub index: u32,
+    /// What it matches.
+    #[serde(flatten)]
+    pub matches: PeerMatch,
+}
+
+/// Which port numbers a compiled port matches.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum PortMatch {
+    /// Every port.
+    Any,
+    /// `from..=to`.
+    Range(u16, u16),
+    /// A named port of the destination pod, looked up by its address.
+    Named(Arc<NamedPortMap>),
+    /// A named port that no destination has: matches nothing.
+    Nothing,
+}
+
+/// A compiled port of a rule.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CompiledPort {
+    /// `None` for every protocol.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<Protocol>,
+    /// The ports.
+    pub ports: PortMatch,
+    /// What the rule asks beyond L4 on this port.
+    #[serde(default, skip_serializing_if = "L7::is_empty")]
+    pub l7: L7,
+}
+
+impl CompiledPort {
+    /// Whether a connection to `port`/`protocol` on `dest` matches.
+    pub fn matches(&self, dest: IpAddr, port: u16, protocol: Protocol) -> bool {
+        self.protocol.is_none_or(|p| p == protocol)
+            && match &self.ports {
+                PortMatch::Any => true,
+                PortMatch::Range(from, to) => (*from..=*to).contains(&port),
+                PortMatch::Named(map) => map.get(dest) == Some(port),
+                PortMatch::Nothing => false,
+            }
+    }
+}
+
+/// A compiled rule.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CompiledRule {
+    /// Index of its policy in [`Side::policies`].
+    pub policy: u32,
+    /// Index of the rule in its policy's `ingress` or `egress`.
+    pub rule: u32,
+    /// `None` matches every peer.
+    pub peers: Option<Vec<CompiledPeer>>,
+    /// Empty matches every port.
+    pub ports: Vec<CompiledPort>,
+}
+
+/// A policy that selects the pod in one direction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyRef {
+    /// Which policy.
+    pub id: PolicyId,
+    /// Staged: judged and logged, never enforced.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub audit: bool,
+}
+
+/// One direction of a pod's policy.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Side {
+    /// The policies selecting the pod for this direction; none means not isolated.
+    pub policies: Vec<PolicyRef>,
+    /// Their rules, in policy order.
+    pub rules: Vec<CompiledRule>,
+}
+
+/// The address a pod's peer is judged by, and the names the pod resolved to it.
+#[derive(Debug, Clone, Copy)]
+pub struct Flow<'a> {
+    /// Which side of the pod the connection is on.
+    pub direction: Direction,
+    /// The other end: the source for ingress, the destination for egress.
+    pub peer: IpAddr,
+    /// The destination port.
+    pub port: u16,
+    /// The protocol.
+    pub protocol: Protocol,
+    /// DNS names the pod resolved to `peer` and that are still valid (egress).
+    pub names: &'a [Arc<str>],
+}
+
+/// How a rule matched a flow.
+#[derive(Debug, Clone, Copy)]
+pub struct RuleMatch<'p> {
+    /// The rule's index in [`Side::rules`].
+    pub index: usize,
+    /// The rule.
+    pub rule: &'p CompiledRule,
+    /// The peer that matched; `None` when the rule matches every peer.
+    pub peer: Option<u32>,
+    /// The port that matched; `None` when the rule matches every port.
+    pub port: Option<&'p CompiledPort>,
+}
+
+impl RuleMatch<'_> {
+    /// What the matched port asks beyond L4 (nothing when the rule matches every port).
+    pub fn l7(&self) -> Option<&L7> {
+        self.port.map(|p| &p.l7).filter(|l7| !l7.is_empty())
+    }
+}
+
+impl CompiledRule {
+    /// Which peer of the rule matches the flow's peer: `Some(None)` when the rule takes
+    /// every peer, `None` when no peer matches.
+    pub fn match_peer(&self, flow: &Flow<'_>) -> Option<Option<u32>> {
+        let Some(peers) = &self.peers else {
+            return Some(None);
+        };
+        peers
+            .iter()
+            .find(|p| match &p.matches {
+                PeerMatch::Any => true,
+                PeerMatch::Ips(set) => set.contains(flow.peer),
+                PeerMatch::Block(b) => b.contains(flow.peer),
+                PeerMatch::NotIps(set) => !set.contains(flow.peer),
+                PeerMatch::Names(patterns) => flow
+                    .names
+                    .iter()
+                    .any(|n| patterns.iter().any(|p| p.matches(n))),
+            })
+            .map(|p| Some(p.index))
+    }
+
+    /// Which port of the rule matches: `Some(None)` when the rule takes every port.
+    pub fn match_port(&self, flow: &Flow<'_>) -> Option<Option<&CompiledPort>> {
+        if self.ports.is_empty() {
+            return Some(None);
+        }
+        // An L4-only port wins over one with L7 rules: it allows the connection outright.
+        let mut found = None;
+        // Named ports are left unresolved only in egress rules, where the destination is
+        // the peer; ingress rules have them resolved against the pod itself.
+        for p in self.ports.iter().filter(|p| p.matches(flow.peer, flow.port, flow.protocol)) {
+            if p.l7.is_empty() {
+                return Some(Some(p));
+            }
+            found.get_or_insert(p);
+        }
+        found.map(Some)
+    }
+}
+
+/// One backend choice for a Service port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceEntry {
+    /// The ClusterIP.
+    pub ip: IpAddr,
+    /// The Service port.
+    pub port: u16,
+    /// The protocol.
+    pub protocol: Protocol,
+    /// `namespace/name` of the Service.
+    pub service: String,
+    /// Where connections go, as `(address, port)` pairs.
+    pub backends: Vec<(IpAddr, u16)>,
+}
+
+/// Every Service port of the cluster, for the outbound proxy to pick backends.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ServiceTable(Vec<ServiceEntry>);
+
+impl ServiceTable {
+    /// The table of these entries.
+    pub fn new(mut entries: Vec<ServiceEntry>) -> Self {
+        entries.sort_by_key(|e| (e.ip, e.port, e.protocol));
+        Self(entries)
+    }
+
+    /// The Service port at `ip:port`, if `ip` is a ClusterIP.
+    pub fn lookup(&self, ip: IpAddr, port: u16, protocol: Protocol) -> Option<&ServiceEntry> {
+        self.0
+            .binary_search_by(|e| (e.ip, e.port, e.protocol).cmp(&(ip, port, protocol)))
+            .ok()
+            .map(|i| &self.0[i])
+    }
+
+    /// Whether `ip` is a ClusterIP of any Service.
+    pub fn is_service_ip(&self, ip: IpAddr) -> bool {
+        let start = self.0.partition_point(|e| e.ip < ip);
+        self.0.get(start).is_some_and(|e| e.ip == ip)
+    }
+
+    /// Every entry.
+    pub fn entries(&self) -> &[ServiceEntry] {
+        &self.0
+    }
+}
+
+/// Audit or enforce, for a whole pod.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Deny what is not allowed.
+    #[default]
+    Enforce,
+    /// Judge as in enforce mode, but let everything through and log would-deny.
+    Audit,
+}
+
+/// Everything one pod's proxy needs to judge its flows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PodPolicy {
+    /// `namespace/name`.
+    pub pod: String,
+    /// The pod's own addresses: traffic to them is never judged.
+    pub ips: Vec<IpAddr>,
+    /// The pod's node: traffic from and to it is always allowed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_ip: Option<IpAddr>,
+    /// The pod's mode (from its own or its namespace's annotation).
+    pub mode: Mode,
+    /// Connections to the pod.
+    pub ingress: Side,
+    /// Connections from the pod.
+    pub egress: Side,
+    /// Service ports, to pick the backend an outbound connection to a ClusterIP reaches.
+    #[serde(default)]
+    pub services: Arc<ServiceTable>,
+}
+
+impl PodPolicy {
+    /// The side for a direction.
+    pub fn side(&self, direction: Direction) -> &Side {
+        match direction {
+            Direction::Ingress => &self.ingress,
+            Direction::Egress => &self.egress,
+        }
+    }
+}

@@ -1,0 +1,260 @@
+//! Reading Kubernetes manifests (YAML or JSON, many documents, `kind: List`) into cluster
+//! objects. An invalid object is reported with its file, line, object and field, and left
+//! out; the others still load.
+
+mod cilium;
+mod field;
+mod kube;
+mod netpol;
+
+use std::fmt;
+
+pub use field::FieldError;
+
+use crate::cluster::{Cluster, EndpointSlice, Namespace, Pod, Service, MODE_ANNOTATION};
+use crate::document::{parse_stream, Node, Value};
+use crate::policy::{Policy, PolicyKind};
+use field::{Errors, Field};
+
+/// One object read from a manifest.
+#[derive(Debug, Clone)]
+pub enum Object {
+    /// A Namespace.
+    Namespace(Namespace),
+    /// A Pod.
+    Pod(Pod),
+    /// A Service.
+    Service(Service),
+    /// An EndpointSlice.
+    EndpointSlice(EndpointSlice),
+    /// A policy of any kind (a CiliumNetworkPolicy with `specs` gives several).
+    Policies(Vec<Policy>),
+}
+
+/// What reading one document gave.
+#[derive(Debug)]
+pub enum Read {
+    /// An object palisade uses.
+    Object(Object),
+    /// A kind palisade has no use for.
+    Skipped {
+        /// `Kind namespace/name`.
+        what: String,
+    },
+    /// An object with errors; it is left out.
+    Invalid {
+        /// `Kind namespace/name`, as far as it could be read.
+        what: String,
+        /// Every error found in it.
+        errors: Vec<FieldError>,
+    },
+}
+
+/// An object or document palisade could not accept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectError {
+    /// The file.
+    pub file: String,
+    /// The line of the field at fault.
+    pub line: u32,
+    /// `Kind namespace/name`, when the document got that far.
+    pub what: Option<String>,
+    /// The field's path, when the error is about one field.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ObjectError {
+    /// `file:line: Kind namespace/name: field: what is wrong`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}: ", self.file, self.line)?;
+        if let Some(what) = &self.what {
+            write!(f, "{what}: ")?;
+        }
+        if !self.path.is_empty() {
+            write!(f, "{}: ", self.path)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+/// Something worth saying that is not an error, e.g. a kind that was skipped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notice {
+    /// The file.
+    pub file: String,
+    /// The line.
+    pub line: u32,
+    /// What happened.
+    pub message: String,
+}
+
+impl fmt::Display for Notice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}: {}", self.file, self.line, self.message)
+    }
+}
+
+/// The errors and notices of a load.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Objects left out, and why.
+    pub errors: Vec<ObjectError>,
+    /// Things skipped.
+    pub notices: Vec<Notice>,
+}
+
+impl Report {
+    /// Whether anything was invalid.
+    pub fn has_errors(&self) -> bool {
+        !self.errors.is_empty()
+    }
+}
+
+/// Reads every document of `text` (from `file`, used in messages) into `cluster`.
+pub fn load_str(cluster: &mut Cluster, file: &str, text: &str, report: &mut Report) {
+    for doc in parse_stream(text) {
+        match doc.root {
+            Err(e) => report.errors.push(ObjectError {
+                file: file.to_owned(),
+                line: e.line,
+                what: None,
+                path: String::new(),
+                message: format!("not valid YAML: {}", e.message),
+            }),
+            Ok(None) => {}
+            Ok(Some(root)) => load_node(cluster, file, &root, report),
+        }
+    }
+}
+
+fn load_node(cluster: &mut Cluster, file: &str, node: &Node, report: &mut Report) {
+    if let (Some(kind), Some(items)) = (node.get_str("kind"), node.get("items")) {
+        if kind == "List" || kind.ends_with("List") {
+            if let Value::Seq(items) = &items.value {
+                for item in items {
+                    load_node(cluster, file, item, report);
+                }
+                return;
+            }
+        }
+    }
+    match read_object(node) {
+        Read::Object(obj) => cluster.add(obj),
+        Read::Skipped { what } => report.notices.push(Notice {
+            file: file.to_owned(),
+            line: node.line,
+            message: format!(
+                "skipped {what}: palisade reads Namespace, Pod, Service, EndpointSlice, \
+                 NetworkPolicy, PalisadePolicy and CiliumNetworkPolicy"
+            ),
+        }),
+        Read::Invalid { what, errors } => {
+            report.errors.extend(errors.into_iter().map(|e| ObjectError {
+                file: file.to_owned(),
+                line: if e.line == 0 { node.line } else { e.line },
+                what: Some(what.clone()),
+                path: e.path,
+                message: e.message,
+            }))
+        }
+    }
+}
+
+/// Reads one object (from a manifest, or from the API server as JSON via
+/// [`Node::from_json`]).
+pub fn read_object(node: &Node) -> Read {
+    let errors = Errors::default();
+    let root = Field::root(node, &errors);
+    let kind = root.get("kind").required_str().unwrap_or_default();
+    let api_version = root.get("apiVersion").str().unwrap_or_default();
+    let group = api_version.split_once('/').map_or("", |(g, _)| g);
+    let name_of = |m: &Node| {
+        let meta = m.get("metadata");
+        let name = meta.and_then(|m| m.get_str("name")).unwrap_or("<no name>");
+        match kind {
+            "Namespace" => format!("{kind} {name}"),
+            _ => format!(
+                "{kind} {}/{name}",
+                meta.and_then(|m| m.get_str("namespace")).unwrap_or("default")
+            ),
+        }
+    };
+    let what = name_of(node);
+    let known = matches!(
+        (kind, group),
+        ("Namespace" | "Pod" | "Service", "")
+            | ("EndpointSlice", "discovery.k8s.io")
+            | ("NetworkPolicy", "networking.k8s.io" | "extensions")
+            | ("PalisadePolicy", "palisade.dev")
+            | ("CiliumNetworkPolicy", "cilium.io")
+    );
+    if !known && errors.is_empty() {
+        return Read::Skipped {
+            what: format!("{api_version} {what}"),
+        };
+    }
+    let meta = kube::meta(&root);
+    let obj = match kind {
+        "Namespace" => Object::Namespace(with_mode(&root, kube::namespace(&root))),
+        "Pod" => Object::Pod(with_mode(&root, kube::pod(&root))),
+        "Service" => Object::Service(kube::service(&root)),
+        "EndpointSlice" => Object::EndpointSlice(kube::endpoint_slice(&root)),
+        "NetworkPolicy" => {
+            let audit = audit(&root);
+            Object::Policies(vec![netpol::network_policy(&root, &meta, audit)])
+        }
+        "PalisadePolicy" | "CiliumNetworkPolicy" => {
+            let audit = audit(&root);
+            let kind = match kind {
+                "PalisadePolicy" => PolicyKind::PalisadePolicy,
+                _ => PolicyKind::CiliumNetworkPolicy,
+            };
+            Object::Policies(cilium::policy(&root, &meta, kind, audit))
+        }
+        _ => Object::Policies(Vec::new()),
+    };
+    if errors.is_empty() {
+        Read::Object(obj)
+    } else {
+        Read::Invalid {
+            what,
+            errors: errors.into_inner(),
+        }
+    }
+}
+
+/// Reads `palisade.dev/mode`, which must be `audit` or `enforce`.
+fn audit(root: &Field<'_>) -> bool {
+    let f = root.get("metadata").get("annotations").get(MODE_ANNOTATION);
+    match f.str() {
+        None | Some("enforce") => false,
+        Some("audit") => true,
+        Some(other) => {
+            f.error(format!("{other:?} is not a mode: use audit or enforce"));
+            false
+        }
+    }
+}
+
+/// Validates the mode annotation of a namespace or pod (kept in its annotations).
+fn with_mode<T>(root: &Field<'_>, obj: T) -> T {
+    audit(root);
+    obj
+}
+
+impl Cluster {
+    /// Adds an object read from a manifest; call [`Cluster::finish`] when all are in.
+    pub fn add(&mut self, obj: Object) {
+        match obj {
+            Object::Namespace(n) => {
+                self.namespaces.insert(n.name.clone(), n);
+            }
+            Object::Pod(p) => self.pods.push(p),
+            Object::Service(s) => self.services.push(s),
+            Object::EndpointSlice(s) => self.endpoint_slices.push(s),
+            Object::Policies(p) => self.policies.extend(p),
+        }
+    }
+}

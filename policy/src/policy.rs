@@ -1,0 +1,146 @@
+//! One model for every policy kind: NetworkPolicy, PalisadePolicy and CiliumNetworkPolicy
+//! all read into a [`Policy`] made of [`Rule`]s, so that they add up the same way.
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::fqdn::NamePattern;
+use crate::http::HttpRule;
+use crate::peer::Peer;
+use crate::ports::PortSpec;
+use crate::selector::LabelSelector;
+
+/// The API kind a policy was written as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum PolicyKind {
+    /// `networking.k8s.io/v1` NetworkPolicy.
+    NetworkPolicy,
+    /// `palisade.dev/v1alpha1` PalisadePolicy.
+    PalisadePolicy,
+    /// `cilium.io/v2` CiliumNetworkPolicy.
+    CiliumNetworkPolicy,
+}
+
+impl PolicyKind {
+    /// The kind as manifests spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NetworkPolicy => "NetworkPolicy",
+            Self::PalisadePolicy => "PalisadePolicy",
+            Self::CiliumNetworkPolicy => "CiliumNetworkPolicy",
+        }
+    }
+}
+
+/// Names a policy: its kind, namespace and name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct PolicyId {
+    /// The kind.
+    pub kind: PolicyKind,
+    /// The namespace.
+    pub namespace: String,
+    /// The name.
+    pub name: String,
+}
+
+impl fmt::Display for PolicyId {
+    /// `namespace/name`, the way users name policies.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// A traffic direction, seen from the pod a policy selects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// Connections to the pod.
+    Ingress,
+    /// Connections from the pod.
+    Egress,
+}
+
+impl Direction {
+    /// `ingress` or `egress`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ingress => "ingress",
+            Self::Egress => "egress",
+        }
+    }
+}
+
+impl fmt::Display for Direction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A policy of any kind, validated.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Which policy this is.
+    pub id: PolicyId,
+    /// The pods of the policy's namespace it applies to.
+    pub pod_selector: LabelSelector,
+    /// `Some` when the policy affects ingress (isolating the pods it selects), with the rules
+    /// that allow; `Some(vec![])` allows nothing.
+    pub ingress: Option<Vec<Rule>>,
+    /// The same for egress.
+    pub egress: Option<Vec<Rule>>,
+    /// Staged with `palisade.dev/mode: audit`: judged and logged, never enforced.
+    pub audit: bool,
+}
+
+impl Policy {
+    /// The rules for a direction, if the policy affects it.
+    pub fn rules(&self, direction: Direction) -> Option<&[Rule]> {
+        match direction {
+            Direction::Ingress => self.ingress.as_deref(),
+            Direction::Egress => self.egress.as_deref(),
+        }
+    }
+}
+
+/// One rule: it allows a connection whose peer matches one of `peers` and whose port matches
+/// one of `ports`.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    /// `None` matches every peer; otherwise the peers, any of which may match (possibly
+    /// none, for a CiliumNetworkPolicy rule that names no peer and no port).
+    pub peers: Option<Vec<Peer>>,
+    /// Empty matches every port and protocol.
+    pub ports: Vec<PortRule>,
+}
+
+/// A port a rule allows, and what it asks of the traffic on it.
+#[derive(Debug, Clone)]
+pub struct PortRule {
+    /// The port.
+    pub spec: PortSpec,
+    /// What the rule asks beyond L4.
+    pub l7: L7,
+}
+
+/// What a rule asks of a connection beyond its peer and port.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct L7 {
+    /// HTTP requests allowed on the port; `None` allows any traffic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<Arc<[HttpRule]>>,
+    /// DNS names that may be queried through the port (`rules.dns`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<Arc<[NamePattern]>>,
+    /// TLS server names the ClientHello must carry (`serverNames`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_names: Option<Arc<[String]>>,
+}
+
+impl L7 {
+    /// Whether the rule asks nothing beyond L4.
+    pub fn is_empty(&self) -> bool {
+        self.http.is_none() && self.dns.is_none() && self.server_names.is_none()
+    }
+}
