@@ -1,1 +1,44 @@
-fn main() {}
+//! `palisade`: one binary for every part of palisade. This file only parses arguments and
+//! hands each subcommand to its module.
+
+mod check;
+mod load;
+mod simulate;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Kubernetes NetworkPolicy, HTTP rules and FQDN egress allowlists, enforced inside each pod.
+#[derive(Parser)]
+#[command(name = "palisade", version, about, max_term_width = 100)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Judge every pod-to-pod flow of a set of manifests and print who can reach whom.
+    Simulate(simulate::Args),
+    /// Explain the verdict on one flow: which policies select each side, which rule matched.
+    Check(check::Args),
+}
+
+/// Exit code for bad input (invalid manifests, unknown pods, bad arguments).
+pub const EXIT_BAD_INPUT: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Simulate(args) => simulate::run(args),
+        Command::Check(args) => check::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("palisade: {e:#}");
+            ExitCode::from(EXIT_BAD_INPUT)
+        }
+    }
+}

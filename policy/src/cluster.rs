@@ -172,13 +172,25 @@ pub struct Cluster {
 const ASSIGN_FROM: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 0);
 
 impl Cluster {
-    /// Sorts objects, and declares implicitly every namespace that objects name.
+    /// Sorts objects, keeps the last of objects that share an identity (as applying the
+    /// manifests in order would), and declares implicitly every namespace objects name.
     pub fn finish(&mut self) {
-        self.pods
-            .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-        self.services
-            .sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
-        self.policies.sort_by(|a, b| a.id.cmp(&b.id));
+        fn last_wins<T, K: Ord>(items: &mut Vec<T>, key: impl Fn(&T) -> K) {
+            // A stable sort keeps equal keys in the order they were added; keep the last.
+            items.sort_by_key(&key);
+            let mut out: Vec<T> = Vec::with_capacity(items.len());
+            for item in items.drain(..) {
+                if out.last().is_some_and(|prev| key(prev) == key(&item)) {
+                    out.pop();
+                }
+                out.push(item);
+            }
+            *items = out;
+        }
+        last_wins(&mut self.pods, |p| (p.namespace.clone(), p.name.clone()));
+        last_wins(&mut self.services, |s| (s.namespace.clone(), s.name.clone()));
+        last_wins(&mut self.endpoint_slices, |s| (s.namespace.clone(), s.name.clone()));
+        last_wins(&mut self.policies, |p| p.id.clone());
         let named: BTreeSet<String> = self
             .pods
             .iter()
