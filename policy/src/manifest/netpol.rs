@@ -83,6 +83,8 @@ fn peer(p: &Field<'_>, ns: &str) -> Option<Peer> {
     let namespaces = p.get("namespaceSelector");
     let block = p.get("ipBlock");
     if block.is_set() {
+        // Read the block even when the peer is malformed, so that its own errors show too.
+        let parsed = ip_block(&block);
         if pods.is_set() || namespaces.is_set() {
             p.error(
                 "ipBlock cannot be combined with podSelector or namespaceSelector in one peer; \
@@ -90,7 +92,7 @@ fn peer(p: &Field<'_>, ns: &str) -> Option<Peer> {
             );
             return None;
         }
-        return ip_block(&block).map(Peer::IpBlock);
+        return parsed.map(Peer::IpBlock);
     }
     if !pods.is_set() && !namespaces.is_set() {
         p.error("a peer needs podSelector, namespaceSelector or ipBlock");

@@ -1,0 +1,3 @@
+//! `palisade lab`: a mini-cluster in network namespaces, built from manifests.
+
+pub mod netns;

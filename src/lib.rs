@@ -1,0 +1,3 @@
+//! The parts of the `palisade` binary that its integration tests use too.
+
+pub mod lab;
