@@ -138,7 +138,7 @@ fn parse_one(text: &str, first_line: u32) -> Document {
     let root = match MarkedYaml::load_from_str(text) {
         Err(e) => Err(SyntaxError {
             line: e.marker().line() as u32 + shift,
-            message: e.info().to_owned(),
+            message: format!("{} (in the document that starts at line {first_line})", e.info()),
         }),
         Ok(docs) => match docs.into_iter().next() {
             None => Ok(None),

@@ -13,9 +13,14 @@ pub struct Anchored {
 }
 
 impl Anchored {
-    /// Compiles `source` so that it must match the whole value.
-    pub fn new(source: &str) -> Result<Self, regex::Error> {
-        let regex = Regex::new(&format!("^(?:{source})$"))?;
+    /// Compiles `source` so that it must match the whole value; the error is one line.
+    pub fn new(source: &str) -> Result<Self, String> {
+        let regex = Regex::new(&format!("^(?:{source})$")).map_err(|e| {
+            // The regex crate draws a caret diagram over several lines; keep its last line.
+            let text = e.to_string();
+            let last = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or_default();
+            last.trim().trim_start_matches("error: ").to_owned()
+        })?;
         Ok(Self {
             source: source.to_owned(),
             regex,
