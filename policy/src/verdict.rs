@@ -121,12 +121,12 @@ impl Verdict {
                 http,
             } => {
                 let id = &side.policies[p as usize].id;
-                let mut s = format!("{} {id} {dir} rule {rule}", id.kind.as_str());
+                let mut s = format!("allowed by {} {id}, {dir} rule {rule}", id.kind.as_str());
                 if let Some(peer) = peer {
-                    s.push_str(&format!(" peer {peer}"));
+                    s.push_str(&format!(", peer {peer}"));
                 }
                 if let Some(h) = http {
-                    s.push_str(&format!(" http rule {h}"));
+                    s.push_str(&format!(", http rule {h}"));
                 }
                 s
             }
