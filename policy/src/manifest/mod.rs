@@ -12,7 +12,7 @@ use std::fmt;
 pub use field::FieldError;
 
 use crate::cluster::{Cluster, EndpointSlice, Namespace, Pod, Service, MODE_ANNOTATION};
-use crate::document::{parse_stream, Node, Value};
+use crate::document::{parse_stream, Node, SyntaxError, Value};
 use crate::policy::{Policy, PolicyKind};
 use field::{Errors, Field};
 
@@ -31,14 +31,19 @@ pub enum Object {
     Policies(Vec<Policy>),
 }
 
-/// What reading one document gave.
+/// What reading one document (or one item of a `List`) gave.
 #[derive(Debug)]
 pub enum Read {
     /// An object palisade uses.
-    Object(Object),
+    Object {
+        /// `Kind namespace/name`.
+        what: String,
+        /// The object.
+        object: Object,
+    },
     /// A kind palisade has no use for.
     Skipped {
-        /// `Kind namespace/name`.
+        /// `apiVersion Kind namespace/name`.
         what: String,
     },
     /// An object with errors; it is left out.
@@ -48,6 +53,17 @@ pub enum Read {
         /// Every error found in it.
         errors: Vec<FieldError>,
     },
+    /// A document that is not valid YAML.
+    Syntax(SyntaxError),
+}
+
+/// One read document and the line it starts on.
+#[derive(Debug)]
+pub struct Entry {
+    /// The line of the document (or list item).
+    pub line: u32,
+    /// What it gave.
+    pub read: Read,
 }
 
 /// An object or document palisade could not accept.
@@ -112,52 +128,75 @@ impl Report {
     }
 }
 
-/// Reads every document of `text` (from `file`, used in messages) into `cluster`.
-pub fn load_str(cluster: &mut Cluster, file: &str, text: &str, report: &mut Report) {
-    for doc in parse_stream(text) {
-        match doc.root {
-            Err(e) => report.errors.push(ObjectError {
+impl Report {
+    /// Records the errors or notice an entry of `file` gives, if any.
+    pub fn record(&mut self, file: &str, entry: &Entry) {
+        match &entry.read {
+            Read::Object { .. } => {}
+            Read::Syntax(e) => self.errors.push(ObjectError {
                 file: file.to_owned(),
                 line: e.line,
                 what: None,
                 path: String::new(),
                 message: format!("not valid YAML: {}", e.message),
             }),
-            Ok(None) => {}
-            Ok(Some(root)) => load_node(cluster, file, &root, report),
+            Read::Skipped { what } => self.notices.push(Notice {
+                file: file.to_owned(),
+                line: entry.line,
+                message: format!(
+                    "skipped {what}: palisade reads Namespace, Pod, Service, EndpointSlice, \
+                     NetworkPolicy, PalisadePolicy and CiliumNetworkPolicy"
+                ),
+            }),
+            Read::Invalid { what, errors } => {
+                self.errors.extend(errors.iter().map(|e| ObjectError {
+                    file: file.to_owned(),
+                    line: if e.line == 0 { entry.line } else { e.line },
+                    what: Some(what.clone()),
+                    path: e.path.clone(),
+                    message: e.message.clone(),
+                }))
+            }
         }
     }
 }
 
-fn load_node(cluster: &mut Cluster, file: &str, node: &Node, report: &mut Report) {
-    if let (Some(kind), Some(items)) = (node.get_str("kind"), node.get("items")) {
-        if kind == "List" || kind.ends_with("List") {
-            if let Value::Seq(items) = &items.value {
-                for item in items {
-                    load_node(cluster, file, item, report);
+/// Reads every document of a manifest file, the items of `List`s one by one.
+pub fn read_str(text: &str) -> Vec<Entry> {
+    fn walk(node: &Node, out: &mut Vec<Entry>) {
+        if let (Some(kind), Some(items)) = (node.get_str("kind"), node.get("items")) {
+            if kind == "List" || kind.ends_with("List") {
+                if let Value::Seq(items) = &items.value {
+                    items.iter().for_each(|item| walk(item, out));
+                    return;
                 }
-                return;
             }
         }
-    }
-    match read_object(node) {
-        Read::Object(obj) => cluster.add(obj),
-        Read::Skipped { what } => report.notices.push(Notice {
-            file: file.to_owned(),
+        out.push(Entry {
             line: node.line,
-            message: format!(
-                "skipped {what}: palisade reads Namespace, Pod, Service, EndpointSlice, \
-                 NetworkPolicy, PalisadePolicy and CiliumNetworkPolicy"
-            ),
-        }),
-        Read::Invalid { what, errors } => {
-            report.errors.extend(errors.into_iter().map(|e| ObjectError {
-                file: file.to_owned(),
-                line: if e.line == 0 { node.line } else { e.line },
-                what: Some(what.clone()),
-                path: e.path,
-                message: e.message,
-            }))
+            read: read_object(node),
+        });
+    }
+    let mut out = Vec::new();
+    for doc in parse_stream(text) {
+        match doc.root {
+            Err(e) => out.push(Entry {
+                line: doc.line,
+                read: Read::Syntax(e),
+            }),
+            Ok(None) => {}
+            Ok(Some(root)) => walk(&root, &mut out),
+        }
+    }
+    out
+}
+
+/// Reads every document of `text` (from `file`, used in messages) into `cluster`.
+pub fn load_str(cluster: &mut Cluster, file: &str, text: &str, report: &mut Report) {
+    for entry in read_str(text) {
+        report.record(file, &entry);
+        if let Read::Object { object, .. } = entry.read {
+            cluster.add(object);
         }
     }
 }
@@ -216,7 +255,7 @@ pub fn read_object(node: &Node) -> Read {
         _ => Object::Policies(Vec::new()),
     };
     if errors.is_empty() {
-        Read::Object(obj)
+        Read::Object { what, object: obj }
     } else {
         Read::Invalid {
             what,
