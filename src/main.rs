@@ -2,7 +2,11 @@
 //! hands each subcommand to its module.
 
 mod check;
+mod controller;
+mod init;
 mod load;
+mod logging;
+mod proxy;
 mod simulate;
 
 use std::process::ExitCode;
@@ -23,6 +27,12 @@ enum Command {
     Simulate(simulate::Args),
     /// Explain the verdict on one flow: which policies select each side, which rule matched.
     Check(check::Args),
+    /// Install the iptables rules that send a pod's traffic through its proxy (init container).
+    Init(init::Args),
+    /// Run the sidecar proxy that enforces one pod's policy.
+    Proxy(proxy::Args),
+    /// Compile every pod's policy and stream it to the pod's proxy.
+    Controller(controller::Args),
 }
 
 /// Exit code for bad input (invalid manifests, unknown pods, bad arguments).
@@ -33,6 +43,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Simulate(args) => simulate::run(args),
         Command::Check(args) => check::run(args),
+        Command::Init(args) => init::run(args),
+        Command::Proxy(args) => proxy::run(args),
+        Command::Controller(args) => controller::run(args),
     };
     match result {
         Ok(code) => code,

@@ -320,3 +320,17 @@ impl PodPolicy {
         }
     }
 }
+
+/// One message of the policy stream: a pod's whole policy and its version.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Versioned {
+    /// Increases with every change the controller makes.
+    pub version: u64,
+    /// The policy.
+    pub policy: PodPolicy,
+}
+
+/// The path a proxy asks for its pod's policy stream on: `/v1/policy/{namespace}/{name}`.
+pub fn stream_path(pod: &str) -> String {
+    format!("/v1/policy/{pod}")
+}

@@ -1,0 +1,102 @@
+//! palisade-controller: reads the cluster's state, compiles each pod's policy, and streams
+//! it to that pod's proxy, a new version on every change.
+//!
+//! It must never judge a flow (the proxies do, with the policy crate), and never let a bad
+//! object change what is enforced: a rejected object keeps its last valid version.
+
+pub mod folder;
+pub mod metrics;
+pub mod server;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use palisade_policy::manifest::Report;
+use store::Store;
+
+/// The controller's configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Manifest files and folders to read (the folder source).
+    pub source: Vec<PathBuf>,
+    /// Where proxies connect for their policy streams.
+    pub listen: SocketAddr,
+    /// Where `/metrics` and `/healthz` are served, if anywhere.
+    pub metrics: Option<SocketAddr>,
+    /// How often the folder is checked for changes.
+    pub poll: Duration,
+}
+
+/// Why the controller could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr}: {source}")]
+pub struct ListenError {
+    addr: SocketAddr,
+    #[source]
+    source: std::io::Error,
+}
+
+fn log_report(report: &Report) {
+    for e in &report.errors {
+        tracing::warn!("{e}");
+    }
+    for n in &report.notices {
+        tracing::info!("{n}");
+    }
+}
+
+/// Runs the controller until the process ends.
+pub async fn run(config: Config) -> Result<(), ListenError> {
+    let handle = metrics::install();
+    let store = Arc::new(Store::default());
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| ListenError { addr: config.listen, source })?;
+    tokio::spawn(server::serve(listener, store.clone()));
+    if let (Some(addr), Some(handle)) = (config.metrics, handle) {
+        let listener = metrics::bind(addr).await.map_err(|source| ListenError { addr, source })?;
+        tokio::spawn(metrics::serve(listener, handle));
+    }
+    tracing::info!(listen = %config.listen, source = ?config.source, "controller started");
+
+    let mut source = folder::FolderSource::new(config.source.clone());
+    loop {
+        let reload = {
+            let store = store.clone();
+            // Reading files and compiling every pod is blocking work: keep it off the
+            // threads that serve the streams.
+            tokio::task::spawn_blocking(move || {
+                if !source.changed() {
+                    return (source, None);
+                }
+                let (cluster, report) = source.read();
+                let start = Instant::now();
+                let changed = store.update(&cluster);
+                ::metrics::histogram!(metrics::COMPILE_SECONDS).record(start.elapsed().as_secs_f64());
+                (source, Some((report, cluster.pods.len(), changed)))
+            })
+        };
+        match reload.await {
+            Ok((s, result)) => {
+                source = s;
+                if let Some((report, pods, changed)) = result {
+                    log_report(&report);
+                    let result = if report.has_errors() { "invalid" } else { "ok" };
+                    ::metrics::counter!(metrics::RELOADS, "result" => result).increment(1);
+                    ::metrics::gauge!(metrics::INVALID).set(report.errors.len() as f64);
+                    ::metrics::gauge!(metrics::PODS).set(store.pods() as f64);
+                    ::metrics::counter!(metrics::CHANGES).increment(changed as u64);
+                    tracing::info!(pods, changed, "policies compiled");
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reading the source failed; keeping the policies in force");
+                source = folder::FolderSource::new(config.source.clone());
+            }
+        }
+        tokio::time::sleep(config.poll).await;
+    }
+}

@@ -1,0 +1,67 @@
+//! The admin server, on loopback only: `/live`, `/ready` (once a first policy arrived),
+//! `/metrics` (Prometheus) and `/policy` (the policy in force, as JSON).
+
+use std::convert::Infallible;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+
+use crate::state::PolicyState;
+
+/// Serves the admin endpoints forever.
+pub async fn serve(listener: TcpListener, state: PolicyState, metrics: Option<PrometheusHandle>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            continue;
+        };
+        let (state, metrics) = (state.clone(), metrics.clone());
+        let service = service_fn(move |req| {
+            let response = respond(&req, &state, metrics.as_ref());
+            async move { Ok::<_, Infallible>(response) }
+        });
+        tokio::spawn(async move {
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>, content_type: &'static str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+    r
+}
+
+fn respond(req: &Request<Incoming>, state: &PolicyState, metrics: Option<&PrometheusHandle>) -> Response<Full<Bytes>> {
+    const PLAIN: &str = "text/plain; charset=utf-8";
+    match req.uri().path() {
+        "/live" => text(StatusCode::OK, "live\n", PLAIN),
+        "/ready" => match state.current() {
+            Some(s) => text(StatusCode::OK, format!("ready: policy version {}\n", s.version), PLAIN),
+            None => text(StatusCode::SERVICE_UNAVAILABLE, "not ready: no policy yet\n", PLAIN),
+        },
+        "/metrics" => match metrics {
+            Some(m) => text(StatusCode::OK, m.render(), "text/plain; version=0.0.4"),
+            None => text(StatusCode::SERVICE_UNAVAILABLE, "metrics unavailable\n", PLAIN),
+        },
+        "/policy" => match state.current() {
+            Some(s) => match serde_json::to_vec_pretty(&*s) {
+                Ok(json) => text(StatusCode::OK, json, "application/json"),
+                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), PLAIN),
+            },
+            None => text(StatusCode::SERVICE_UNAVAILABLE, "no policy yet\n", PLAIN),
+        },
+        _ => text(StatusCode::NOT_FOUND, "not found: try /live, /ready, /metrics or /policy\n", PLAIN),
+    }
+}

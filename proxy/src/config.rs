@@ -1,0 +1,79 @@
+//! What the proxy is told at start: who it serves, where its controller is, its ports.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+/// What to do with new flows when no policy has arrived in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FailMode {
+    /// Deny them (the default: no policy, no traffic).
+    #[default]
+    Closed,
+    /// Allow them.
+    Open,
+}
+
+/// The proxy's configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `namespace/name` of the pod served.
+    pub pod: String,
+    /// The pod's own addresses, known before any policy (from the downward API).
+    pub pod_ips: Vec<IpAddr>,
+    /// The pod's node, known before any policy: its traffic is always allowed.
+    pub host_ip: Option<IpAddr>,
+    /// Base URL of the controller's policy stream, e.g. `http://10.0.0.1:7443`.
+    pub controller: String,
+    /// Port of the outbound listener (TCP on loopback; UDP, transparent).
+    pub outbound_port: u16,
+    /// Port of the inbound listener (TCP and UDP).
+    pub inbound_port: u16,
+    /// Port of the DNS listener.
+    pub dns_port: u16,
+    /// Where the admin server listens (`/ready`, `/live`, `/metrics`, `/policy`).
+    pub admin: SocketAddr,
+    /// How long new flows wait for a first policy before the fail mode applies.
+    pub hold: Duration,
+    /// What happens after `hold`.
+    pub fail_mode: FailMode,
+    /// Resolvers DNS queries are forwarded to (from /etc/resolv.conf by default).
+    pub dns_upstreams: Vec<IpAddr>,
+    /// Log allowed flows too, not only denied ones.
+    pub log_allowed: bool,
+    /// How long an idle UDP session is kept.
+    pub udp_idle: Duration,
+    /// How long a connect to a destination may take.
+    pub connect_timeout: Duration,
+}
+
+impl Config {
+    /// Whether `port` is one of the proxy's own listeners: a flow to it is never relayed,
+    /// so that nobody can loop the proxy into itself.
+    pub fn is_own_port(&self, port: u16) -> bool {
+        port == self.outbound_port
+            || port == self.inbound_port
+            || port == self.dns_port
+            || port == self.admin.port()
+    }
+}
+
+/// The nameservers of a resolv.conf text.
+pub fn nameservers(resolv_conf: &str) -> Vec<IpAddr> {
+    resolv_conf
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .filter_map(|rest| rest.trim().split('%').next()?.parse().ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nameservers_are_read_from_resolv_conf() {
+        let text = "search svc.cluster.local\nnameserver 10.96.0.10\n# nameserver 1.1.1.1\nnameserver fe80::1%eth0\noptions ndots:5\n";
+        let got = nameservers(text);
+        assert_eq!(got, vec!["10.96.0.10".parse::<IpAddr>().unwrap(), "fe80::1".parse().unwrap()]);
+    }
+}

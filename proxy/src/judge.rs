@@ -1,0 +1,224 @@
+//! The gate every new flow passes: wait for a first policy if there is none yet, judge the
+//! flow with the policy crate, then log and count the verdict.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use palisade_policy::cluster::is_loopback;
+use palisade_policy::compiled::Flow;
+use palisade_policy::policy::Direction;
+use palisade_policy::ports::Protocol;
+use palisade_policy::verdict::{decide, Action, Verdict};
+
+use crate::config::{Config, FailMode};
+use crate::flowlog::{self, Entry, FlowLog};
+use crate::metrics;
+use crate::state::{Current, PolicyState, Snapshot};
+use tokio::sync::watch;
+
+/// A flow about to be judged.
+#[derive(Debug, Clone)]
+pub struct FlowInfo {
+    /// Which side of the pod.
+    pub direction: Direction,
+    /// The protocol.
+    pub protocol: Protocol,
+    /// Where the flow comes from.
+    pub src: SocketAddr,
+    /// Where it goes: for egress to a Service, the backend the proxy picked.
+    pub dst: SocketAddr,
+    /// The Service the pod asked for, if any.
+    pub service: Option<Arc<str>>,
+}
+
+impl FlowInfo {
+    /// The other end, as policies see it.
+    pub fn peer(&self) -> IpAddr {
+        match self.direction {
+            Direction::Ingress => self.src.ip(),
+            Direction::Egress => self.dst.ip(),
+        }
+    }
+
+    /// The flow as the policy crate judges it.
+    pub fn as_flow(&self) -> Flow<'static> {
+        Flow {
+            direction: self.direction,
+            peer: self.peer(),
+            port: self.dst.port(),
+            protocol: self.protocol,
+            names: &[],
+        }
+    }
+
+    /// `inbound` or `outbound`, the label metrics use.
+    pub fn label(&self) -> &'static str {
+        match self.direction {
+            Direction::Ingress => "inbound",
+            Direction::Egress => "outbound",
+        }
+    }
+}
+
+/// A verdict and the policy it came from.
+#[derive(Debug, Clone)]
+pub struct Judgement {
+    /// What happens.
+    pub action: Action,
+    /// The verdict, when a policy gave it (`None`: no policy arrived, the fail mode chose).
+    pub verdict: Option<Verdict>,
+    /// The policy judged against.
+    pub snapshot: Option<Arc<Snapshot>>,
+}
+
+/// Judges flows for every listener.
+#[derive(Clone)]
+pub struct Judge {
+    config: Arc<Config>,
+    state: PolicyState,
+    log: FlowLog,
+    next_backend: Arc<AtomicUsize>,
+}
+
+impl Judge {
+    /// A judge over the pod's policy state.
+    pub fn new(config: Arc<Config>, state: PolicyState, log: FlowLog) -> Self {
+        Self {
+            config,
+            state,
+            log,
+            next_backend: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Arc<Config> {
+        &self.config
+    }
+
+    /// The policy state.
+    pub fn state(&self) -> &PolicyState {
+        &self.state
+    }
+
+    /// Where a pod's outbound flow to `dst` goes: a Service's backend (picked in turn, as
+    /// kube-proxy would spread them) or `dst` itself. `Err` when `dst` is a Service port
+    /// with no backend.
+    pub fn route(&self, dst: SocketAddr, protocol: Protocol) -> Result<(SocketAddr, Option<Arc<str>>), ()> {
+        let Some(snapshot) = self.state.current() else {
+            return Ok((dst, None));
+        };
+        let services = &snapshot.policy.services;
+        match services.lookup(dst.ip(), dst.port(), protocol) {
+            None => Ok((dst, None)),
+            Some(entry) if entry.backends.is_empty() => Err(()),
+            Some(entry) => {
+                let i = self.next_backend.fetch_add(1, Ordering::Relaxed) % entry.backends.len();
+                let (ip, port) = entry.backends[i];
+                Ok((SocketAddr::new(ip, port), Some(Arc::from(entry.service.as_str()))))
+            }
+        }
+    }
+
+    /// Judges a new flow, waiting for a first policy up to the hold time.
+    pub async fn judge(&self, flow: &FlowInfo) -> Judgement {
+        let snapshot = self.state.wait(self.config.hold).await;
+        let j = match &snapshot {
+            Some(s) => self.judge_with(s, flow),
+            None => self.without_policy(flow),
+        };
+        metrics::counter_flow(flow, j.action);
+        if j.action != Action::Allow || self.log.logs_allowed() {
+            self.log(flow, &j, None);
+        }
+        j
+    }
+
+    /// Judges a flow against a given policy (for re-judging open flows).
+    pub fn judge_with(&self, snapshot: &Arc<Snapshot>, flow: &FlowInfo) -> Judgement {
+        let start = Instant::now();
+        let verdict = decide(&snapshot.policy, &flow.as_flow());
+        ::metrics::histogram!(metrics::DECISION_SECONDS).record(start.elapsed().as_secs_f64());
+        Judgement {
+            action: verdict.action,
+            verdict: Some(verdict),
+            snapshot: Some(snapshot.clone()),
+        }
+    }
+
+    fn without_policy(&self, flow: &FlowInfo) -> Judgement {
+        let peer = flow.peer();
+        let action = if is_loopback(peer) || self.config.pod_ips.contains(&peer) || self.config.host_ip == Some(peer) {
+            Action::Allow
+        } else {
+            match self.config.fail_mode {
+                FailMode::Closed => Action::Deny,
+                FailMode::Open => Action::Allow,
+            }
+        };
+        Judgement {
+            action,
+            verdict: None,
+            snapshot: None,
+        }
+    }
+
+    /// A receiver of new policies, for an open flow to watch.
+    pub fn policies(&self) -> watch::Receiver<Current> {
+        let mut rx = self.state.subscribe();
+        rx.mark_unchanged();
+        rx
+    }
+
+    /// Resolves when a new policy denies the open `flow` (it is re-judged on each one), and
+    /// counts and logs that; never resolves if no policy does.
+    pub async fn until_denied(&self, flow: &FlowInfo, policies: &mut watch::Receiver<Current>) -> Judgement {
+        loop {
+            if policies.changed().await.is_err() {
+                // The policy state outlives every flow; there is nothing more to watch.
+                std::future::pending::<()>().await;
+            }
+            let Some(snapshot) = policies.borrow_and_update().clone() else { continue };
+            let j = self.judge_with(&snapshot, flow);
+            if j.action == Action::Deny {
+                ::metrics::counter!(metrics::CLOSED_BY_POLICY, "direction" => flow.label()).increment(1);
+                self.log(flow, &j, Some("closed-by-policy"));
+                return j;
+            }
+        }
+    }
+
+    /// Writes the flow log line for a verdict; `event` says why when it is not a new flow.
+    pub fn log(&self, flow: &FlowInfo, j: &Judgement, event: Option<&'static str>) {
+        let (reason, detail) = match (&j.verdict, &j.snapshot) {
+            (Some(v), Some(s)) => (v.reason.to_string(), v.describe(&s.policy, &flow.as_flow())),
+            _ => (
+                "no-policy".to_owned(),
+                format!(
+                    "no policy arrived within {:?}; fail mode {}",
+                    self.config.hold,
+                    match self.config.fail_mode {
+                        FailMode::Closed => "closed",
+                        FailMode::Open => "open",
+                    }
+                ),
+            ),
+        };
+        self.log.write(&Entry {
+            time: flowlog::now(),
+            pod: &self.config.pod,
+            direction: flow.direction,
+            action: j.action.as_str(),
+            protocol: flow.protocol,
+            src: flow.src,
+            dst: flow.dst,
+            service: flow.service.as_deref(),
+            reason,
+            detail,
+            policy_version: j.snapshot.as_ref().map(|s| s.version),
+            event,
+        });
+    }
+}

@@ -1,0 +1,69 @@
+//! The proxy's Prometheus metrics: their names, labels, and the recorder behind `/metrics`.
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// New connections (TCP) and sessions (UDP), by direction, protocol and action.
+pub const FLOWS: &str = "palisade_flows_total";
+/// Bytes relayed, by direction and action, counted when a flow ends.
+pub const BYTES: &str = "palisade_bytes_total";
+/// Flows open now, by direction and protocol.
+pub const OPEN: &str = "palisade_flows_open";
+/// Open flows closed because a new policy no longer allows them, by direction.
+pub const CLOSED_BY_POLICY: &str = "palisade_flows_closed_by_policy_total";
+/// Seconds a verdict took.
+pub const DECISION_SECONDS: &str = "palisade_decision_seconds";
+/// The version of the policy in force (0 before the first).
+pub const POLICY_VERSION: &str = "palisade_policy_version";
+/// Policies received.
+pub const POLICY_UPDATES: &str = "palisade_policy_updates_total";
+/// Problems with the policy stream, by reason.
+pub const STREAM_ERRORS: &str = "palisade_policy_stream_errors_total";
+/// Errors accepting or setting up flows, by listener and reason.
+pub const LISTENER_ERRORS: &str = "palisade_listener_errors_total";
+/// Flow log lines dropped because the writer could not keep up.
+pub const FLOW_LOG_DROPPED: &str = "palisade_flow_log_dropped_total";
+
+/// Installs the global recorder and returns the handle `/metrics` renders.
+pub fn install() -> Option<PrometheusHandle> {
+    let builder = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full(DECISION_SECONDS.to_owned()),
+            &[1e-7, 2.5e-7, 5e-7, 1e-6, 2.5e-6, 5e-6, 1e-5, 1e-4, 1e-3],
+        )
+        .ok()?;
+    let recorder = builder.build_recorder();
+    let handle = recorder.handle();
+    metrics::set_global_recorder(recorder).ok()?;
+    describe();
+    Some(handle)
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(FLOWS, "New connections and UDP sessions judged, by direction, protocol and action");
+    describe_counter!(BYTES, "Bytes relayed, by direction and action");
+    describe_gauge!(OPEN, "Connections and UDP sessions open now");
+    describe_counter!(CLOSED_BY_POLICY, "Open flows closed because a new policy no longer allows them");
+    describe_histogram!(DECISION_SECONDS, metrics::Unit::Seconds, "Time to judge a flow");
+    describe_gauge!(POLICY_VERSION, "Version of the policy in force; 0 before the first");
+    describe_counter!(POLICY_UPDATES, "Policies received from the controller");
+    describe_counter!(STREAM_ERRORS, "Problems with the policy stream, by reason");
+    describe_counter!(LISTENER_ERRORS, "Errors accepting or setting up flows, by listener and reason");
+    describe_counter!(FLOW_LOG_DROPPED, "Flow log lines dropped because the writer could not keep up");
+}
+
+/// Counts a judged flow.
+pub fn counter_flow(flow: &crate::judge::FlowInfo, action: palisade_policy::verdict::Action) {
+    metrics::counter!(
+        FLOWS,
+        "direction" => flow.label(),
+        "protocol" => flow.protocol.as_str(),
+        "action" => action.as_str()
+    )
+    .increment(1);
+}
+
+/// Counts the bytes a flow moved, when it ends.
+pub fn count_bytes(flow: &crate::judge::FlowInfo, action: palisade_policy::verdict::Action, bytes: u64) {
+    metrics::counter!(BYTES, "direction" => flow.label(), "action" => action.as_str()).increment(bytes);
+}

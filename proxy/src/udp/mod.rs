@@ -1,0 +1,229 @@
+//! UDP through TPROXY. iptables hands the pod's UDP to two transparent listeners, outbound
+//! and inbound, keeping each datagram's original destination. Every (source, destination)
+//! pair becomes a session, judged once when it starts and again on every new policy, and
+//! ended after it idles.
+//!
+//! Outbound, the proxy sends to the destination from a socket of its own, and answers the
+//! app as the address the app wrote to. Inbound, it relays to the app as the real client;
+//! the app's replies then leave directly (iptables lets replies to sessions the proxy
+//! relayed through, and only those). Both are sent through raw sockets ([`raw`]).
+//!
+//! Transparent listeners and raw sockets need CAP_NET_RAW. Without it, the listeners
+//! cannot be opened and iptables drops the pod's UDP (other than DNS): it fails closed.
+
+mod listener;
+mod raw;
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::Bytes;
+use palisade_policy::policy::Direction;
+use palisade_policy::ports::Protocol;
+use palisade_policy::verdict::Action;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+
+use crate::judge::{FlowInfo, Judge};
+use crate::metrics;
+use crate::tcp::OpenGuard;
+pub use listener::bind_transparent;
+use listener::recv_original;
+pub use raw::RawSender;
+
+/// The largest datagram relayed.
+const MAX_DATAGRAM: usize = 65_535;
+/// Datagrams queued per session while it is judged or its socket is busy.
+const QUEUE: usize = 64;
+
+/// What the listener knows of a (source, destination) pair.
+enum Session {
+    /// Judged allowed, or being judged: datagrams go to its task.
+    Open(mpsc::Sender<Bytes>),
+    /// Denied: drop its datagrams until then, without judging or logging each again.
+    Denied(Instant),
+}
+
+type Key = (SocketAddr, SocketAddr);
+
+/// The sessions of one listener.
+#[derive(Clone, Default)]
+struct Sessions(Arc<Mutex<HashMap<Key, Session>>>);
+
+impl Sessions {
+    /// Delivers a datagram to its session; `Some(receiver)` when a new session must start.
+    fn deliver(&self, key: Key, datagram: Bytes) -> Option<mpsc::Receiver<Bytes>> {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match map.get(&key) {
+            Some(Session::Open(tx)) if !tx.is_closed() => {
+                // A full queue means the session cannot keep up: drop, as a network would.
+                let _ = tx.try_send(datagram);
+                None
+            }
+            Some(Session::Denied(until)) if *until > Instant::now() => None,
+            _ => {
+                let (tx, rx) = mpsc::channel(QUEUE);
+                let _ = tx.try_send(datagram);
+                map.insert(key, Session::Open(tx));
+                Some(rx)
+            }
+        }
+    }
+
+    fn deny(&self, key: Key, until: Instant) {
+        self.lock().insert(key, Session::Denied(until));
+    }
+
+    fn end(&self, key: Key) {
+        let mut map = self.lock();
+        if matches!(map.get(&key), Some(Session::Open(_))) {
+            map.remove(&key);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Session>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Serves a transparent listener forever: `direction` says whose side it is.
+pub async fn serve(socket: UdpSocket, direction: Direction, judge: Judge, raw: Arc<RawSender>) {
+    let sessions = Sessions::default();
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    let name = match direction {
+        Direction::Ingress => "inbound-udp",
+        Direction::Egress => "outbound-udp",
+    };
+    loop {
+        let (n, src, dst) = match recv_original(&socket, &mut buf).await {
+            Ok(r) => r,
+            Err(e) => {
+                ::metrics::counter!(metrics::LISTENER_ERRORS, "listener" => name, "reason" => "recv").increment(1);
+                tracing::debug!(listener = name, error = %e, "cannot receive");
+                continue;
+            }
+        };
+        let key = (src, dst);
+        if let Some(rx) = sessions.deliver(key, Bytes::copy_from_slice(&buf[..n])) {
+            let (judge, sessions, raw) = (judge.clone(), sessions.clone(), raw.clone());
+            tokio::spawn(async move {
+                let result = match direction {
+                    Direction::Egress => outbound(&judge, &sessions, &raw, key, rx).await,
+                    Direction::Ingress => inbound(&judge, &sessions, &raw, key, rx).await,
+                };
+                if let Err(e) = result {
+                    ::metrics::counter!(metrics::LISTENER_ERRORS, "listener" => name, "reason" => "session").increment(1);
+                    tracing::debug!(%src, %dst, error = %e, "UDP session failed");
+                }
+                sessions.end(key);
+            });
+        }
+    }
+}
+
+/// Judges a new session; `None` when it is denied (and remembered as such).
+async fn open(judge: &Judge, sessions: &Sessions, key: Key, flow: &FlowInfo) -> Option<Action> {
+    let j = judge.judge(flow).await;
+    if j.action == Action::Deny {
+        sessions.deny(key, Instant::now() + judge.config().udp_idle);
+        return None;
+    }
+    Some(j.action)
+}
+
+async fn outbound(
+    judge: &Judge,
+    sessions: &Sessions,
+    raw: &RawSender,
+    key: Key,
+    mut rx: mpsc::Receiver<Bytes>,
+) -> io::Result<()> {
+    let (app, asked) = key;
+    let Ok((dst, service)) = judge.route(asked, Protocol::Udp) else {
+        return Ok(());
+    };
+    let flow = FlowInfo {
+        direction: Direction::Egress,
+        protocol: Protocol::Udp,
+        src: app,
+        dst,
+        service,
+    };
+    let Some(action) = open(judge, sessions, key, &flow).await else {
+        return Ok(());
+    };
+    let _open = OpenGuard::new(flow.label(), "UDP");
+    let unspecified: SocketAddr = match dst {
+        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let upstream = UdpSocket::bind(unspecified).await?;
+    upstream.connect(dst).await?;
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut policies = judge.policies();
+    let mut bytes = 0u64;
+    let idle = judge.config().udp_idle;
+    loop {
+        let n = tokio::select! {
+            d = rx.recv() => match d {
+                Some(d) => upstream.send(&d).await?,
+                None => break,
+            },
+            r = upstream.recv(&mut buf) => {
+                // Answers come from the address the app wrote to (a ClusterIP, say).
+                let n = r?;
+                raw.send(asked, app, &buf[..n])?;
+                n
+            }
+            _ = tokio::time::sleep(idle) => break,
+            _ = judge.until_denied(&flow, &mut policies) => break,
+        };
+        bytes += n as u64;
+    }
+    metrics::count_bytes(&flow, action, bytes);
+    Ok(())
+}
+
+async fn inbound(
+    judge: &Judge,
+    sessions: &Sessions,
+    raw: &RawSender,
+    key: Key,
+    mut rx: mpsc::Receiver<Bytes>,
+) -> io::Result<()> {
+    let (client, dst) = key;
+    if judge.config().is_own_port(dst.port()) {
+        return Ok(());
+    }
+    let flow = FlowInfo {
+        direction: Direction::Ingress,
+        protocol: Protocol::Udp,
+        src: client,
+        dst,
+        service: None,
+    };
+    let Some(action) = open(judge, sessions, key, &flow).await else {
+        return Ok(());
+    };
+    let _open = OpenGuard::new(flow.label(), "UDP");
+    let mut policies = judge.policies();
+    let mut bytes = 0u64;
+    let idle = judge.config().udp_idle;
+    loop {
+        let n = tokio::select! {
+            d = rx.recv() => match d {
+                // The app sees the real client; its replies leave directly.
+                Some(d) => { raw.send(client, dst, &d)?; d.len() }
+                None => break,
+            },
+            _ = tokio::time::sleep(idle) => break,
+            _ = judge.until_denied(&flow, &mut policies) => break,
+        };
+        bytes += n as u64;
+    }
+    metrics::count_bytes(&flow, action, bytes);
+    Ok(())
+}

@@ -1,0 +1,103 @@
+//! `palisade proxy`: the sidecar. Options come from flags or from the environment the
+//! injector sets (`PALISADE_*`, and the downward API's pod name, namespace and addresses).
+
+use std::net::{IpAddr, SocketAddr};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use palisade_proxy::{Config, FailMode};
+
+/// Arguments of `palisade proxy`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The pod served, as NAMESPACE/NAME.
+    #[arg(long, env = "PALISADE_POD")]
+    pod: String,
+    /// The pod's addresses, comma-separated (traffic to them is the pod's own).
+    #[arg(long, env = "PALISADE_POD_IPS", value_delimiter = ',')]
+    pod_ips: Vec<IpAddr>,
+    /// The pod's node address: its traffic is always allowed, even before a first policy.
+    #[arg(long, env = "PALISADE_HOST_IP")]
+    host_ip: Option<IpAddr>,
+    /// The controller's policy stream, e.g. http://10.0.0.1:7443.
+    #[arg(long, env = "PALISADE_CONTROLLER")]
+    controller: String,
+    /// Port of the outbound listener.
+    #[arg(long, env = "PALISADE_OUTBOUND_PORT", default_value_t = 7401)]
+    outbound_port: u16,
+    /// Port of the inbound listener.
+    #[arg(long, env = "PALISADE_INBOUND_PORT", default_value_t = 7402)]
+    inbound_port: u16,
+    /// Port of the DNS listener.
+    #[arg(long, env = "PALISADE_DNS_PORT", default_value_t = 7403)]
+    dns_port: u16,
+    /// Address of the admin server (/ready, /live, /metrics, /policy).
+    #[arg(long, env = "PALISADE_ADMIN", default_value = "127.0.0.1:7490")]
+    admin: SocketAddr,
+    /// How long new flows wait for a first policy before the fail mode applies.
+    #[arg(long, env = "PALISADE_HOLD", default_value = "5s", value_parser = humantime::parse_duration)]
+    hold: Duration,
+    /// What happens to new flows when no policy arrived in time.
+    #[arg(long, env = "PALISADE_FAIL_MODE", value_enum, default_value_t = Fail::Closed)]
+    fail_mode: Fail,
+    /// Resolvers DNS queries go to, comma-separated (default: /etc/resolv.conf's).
+    #[arg(long, env = "PALISADE_DNS_UPSTREAMS", value_delimiter = ',')]
+    dns_upstreams: Vec<IpAddr>,
+    /// Log allowed flows too, not only denied ones.
+    #[arg(long, env = "PALISADE_LOG_ALLOWED")]
+    log_allowed: bool,
+    /// How long an idle UDP session is kept.
+    #[arg(long, env = "PALISADE_UDP_IDLE", default_value = "60s", value_parser = humantime::parse_duration)]
+    udp_idle: Duration,
+    /// How long a connection to a destination may take to open.
+    #[arg(long, env = "PALISADE_CONNECT_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    connect_timeout: Duration,
+    /// Worker threads; 1 runs everything on one thread, the leanest for a sidecar.
+    #[arg(long, env = "PALISADE_THREADS", default_value_t = 1)]
+    threads: usize,
+}
+
+/// The fail mode, as the command line spells it.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Fail {
+    /// Deny new flows.
+    Closed,
+    /// Allow new flows.
+    Open,
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    crate::logging::init();
+    let dns_upstreams = if args.dns_upstreams.is_empty() {
+        std::fs::read_to_string("/etc/resolv.conf")
+            .map(|t| palisade_proxy::config::nameservers(&t))
+            .unwrap_or_default()
+    } else {
+        args.dns_upstreams
+    };
+    let config = Config {
+        pod: args.pod,
+        pod_ips: args.pod_ips,
+        host_ip: args.host_ip,
+        controller: args.controller,
+        outbound_port: args.outbound_port,
+        inbound_port: args.inbound_port,
+        dns_port: args.dns_port,
+        admin: args.admin,
+        hold: args.hold,
+        fail_mode: match args.fail_mode {
+            Fail::Closed => FailMode::Closed,
+            Fail::Open => FailMode::Open,
+        },
+        dns_upstreams,
+        log_allowed: args.log_allowed,
+        udp_idle: args.udp_idle,
+        connect_timeout: args.connect_timeout,
+    };
+    let runtime = crate::logging::runtime(args.threads)?;
+    runtime
+        .block_on(palisade_proxy::run(config))
+        .context("the proxy stopped")?;
+    Ok(ExitCode::SUCCESS)
+}
