@@ -33,6 +33,8 @@ enum Command {
     Proxy(proxy::Args),
     /// Compile every pod's policy and stream it to the pod's proxy.
     Controller(controller::Args),
+    /// Build a real mini-cluster in network namespaces and probe every flow (root).
+    Lab(palisade::lab::cli::Args),
 }
 
 /// Exit code for bad input (invalid manifests, unknown pods, bad arguments).
@@ -46,6 +48,7 @@ fn main() -> ExitCode {
         Command::Init(args) => init::run(args),
         Command::Proxy(args) => proxy::run(args),
         Command::Controller(args) => controller::run(args),
+        Command::Lab(args) => palisade::lab::cli::run(args),
     };
     match result {
         Ok(code) => code,

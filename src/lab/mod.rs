@@ -1,3 +1,410 @@
-//! `palisade lab`: a mini-cluster in network namespaces, built from manifests.
+//! `palisade lab`: a real mini-cluster in network namespaces, built from manifests. Each pod
+//! gets a namespace with its address and an agent serving its ports; injected pods get
+//! `palisade init` and `palisade proxy`, fed by `palisade controller` reading the same
+//! manifests. The lab probes every flow `simulate` judges, through the real kernel and
+//! proxies, and reports what it observed against what was expected.
 
+pub mod agent;
+pub mod cli;
 pub mod netns;
+pub mod network;
+pub mod processes;
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use palisade_controller::folder::{self, manifest_files};
+use palisade_policy::cluster::{Cluster, Pod};
+use palisade_policy::compile::Compiler;
+use palisade_policy::manifest::Report;
+use palisade_policy::ports::Protocol;
+use palisade_policy::simulate::{simulate, SimFlow};
+
+use network::Network;
+use processes::Processes;
+
+/// Ports the proxy listens on inside an injected pod; the app cannot use them.
+const PROXY_PORTS: [u16; 4] = [7401, 7402, 7403, 7490];
+/// The node's address when no pod names one.
+const DEFAULT_NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 255, 1);
+/// How long proxies may take to get their first policy.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// Probes run at once.
+const PROBES_AT_ONCE: usize = 48;
+
+/// What to build.
+#[derive(Debug, Clone)]
+pub struct LabOptions {
+    /// Manifest files and folders.
+    pub paths: Vec<PathBuf>,
+    /// Inject only pods that ask for it (annotation or namespace label), as a cluster would.
+    pub respect_injection: bool,
+    /// The palisade binary to run the controller, init and proxies with.
+    pub binary: PathBuf,
+    /// How long proxies hold new flows before their first policy.
+    pub hold: Duration,
+}
+
+/// One flow as expected and as observed.
+#[derive(Debug, Clone)]
+pub struct Observed {
+    /// The flow and its expected verdict.
+    pub expected: SimFlow,
+    /// Whether it got through; `None` when it cannot be probed (SCTP).
+    pub observed: Option<bool>,
+}
+
+impl Observed {
+    /// Whether what was observed differs from what was expected.
+    pub fn differs(&self) -> bool {
+        self.observed.is_some_and(|o| o != self.expected.allowed)
+    }
+}
+
+/// Set when the user interrupts the lab; every long wait checks it.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Whether the lab was interrupted (Ctrl-C or SIGTERM).
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::Relaxed)
+}
+
+/// A lab's working folder, removed with the lab.
+struct WorkDir(PathBuf);
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running lab. Dropping it stops every process and removes every namespace and file.
+pub struct Lab {
+    // Fields drop in this order: processes first, then the agents, then the namespaces.
+    processes: Processes,
+    runtime: tokio::runtime::Runtime,
+    network: Network,
+    cluster: Cluster,
+    report: Report,
+    injected: BTreeSet<String>,
+    manifests: PathBuf,
+    options: LabOptions,
+    workdir: WorkDir,
+}
+
+/// Whether a pod asks for injection (its annotation, or its namespace's label).
+fn asks_for_injection(cluster: &Cluster, pod: &Pod) -> bool {
+    const KEY: &str = "palisade.dev/inject";
+    pod.annotations.get(KEY).is_some_and(|v| v == "enabled")
+        || cluster
+            .namespace(&pod.namespace)
+            .is_some_and(|n| n.labels.get(KEY).is_some_and(|v| v == "enabled"))
+}
+
+/// Copies the manifests under `paths` into `into`, each path in a folder of its own.
+fn copy_manifests(paths: &[PathBuf], into: &Path) -> anyhow::Result<()> {
+    for (i, path) in paths.iter().enumerate() {
+        let base = if path.is_dir() { path.as_path() } else { path.parent().unwrap_or(Path::new("")) };
+        for file in manifest_files(path).with_context(|| format!("cannot read {}", path.display()))? {
+            let rel = file.strip_prefix(base).unwrap_or(&file);
+            let dest = into.join(i.to_string()).join(rel);
+            if let Some(dir) = dest.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            std::fs::copy(&file, &dest).with_context(|| format!("cannot copy {}", file.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// The lab's own facts about pods, written after the user's manifests so that they win:
+/// every pod on the lab's node, host-network pods at the node's address.
+fn pod_overrides(cluster: &Cluster, node_ip: IpAddr) -> serde_json::Value {
+    let items: Vec<serde_json::Value> = cluster
+        .pods
+        .iter()
+        .map(|p| {
+            let ips: Vec<IpAddr> = if p.host_network { vec![node_ip] } else { p.ips.clone() };
+            let ports: Vec<serde_json::Value> = p
+                .ports
+                .iter()
+                .map(|c| {
+                    let mut port = serde_json::json!({"containerPort": c.port, "protocol": c.protocol.as_str()});
+                    if let Some(name) = &c.name {
+                        port["name"] = name.clone().into();
+                    }
+                    port
+                })
+                .collect();
+            serde_json::json!({
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": p.name, "namespace": p.namespace, "labels": p.labels, "annotations": p.annotations},
+                "spec": {"hostNetwork": p.host_network, "containers": [{"name": "app", "ports": ports}]},
+                "status": {
+                    "podIP": ips[0].to_string(),
+                    "podIPs": ips.iter().map(|ip| serde_json::json!({"ip": ip.to_string()})).collect::<Vec<_>>(),
+                    "hostIP": node_ip.to_string(),
+                },
+            })
+        })
+        .collect();
+    serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items})
+}
+
+impl Lab {
+    /// Builds the lab and waits until every proxy has its policy.
+    pub fn start(options: LabOptions) -> anyhow::Result<Lab> {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let id = format!("{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
+        let workdir = WorkDir(std::env::temp_dir().join(format!("palisade-lab-{id}")));
+        let manifests = workdir.0.join("manifests");
+        std::fs::create_dir_all(&manifests)?;
+        copy_manifests(&options.paths, &manifests)?;
+
+        let (first, _) = folder::load(std::slice::from_ref(&manifests));
+        let node_ip = first
+            .pods
+            .iter()
+            .find_map(|p| p.host_ip)
+            .unwrap_or(DEFAULT_NODE_IP.into());
+        if first.pods.iter().any(|p| !p.host_network && p.ips.contains(&node_ip)) {
+            bail!("a pod has the node's address {node_ip}; give it another podIP");
+        }
+        // `~` sorts after every other name, so these objects are read last and win.
+        let overrides = serde_json::to_vec_pretty(&pod_overrides(&first, node_ip))?;
+        std::fs::write(manifests.join("~lab-pods.json"), overrides)?;
+        let (cluster, report) = folder::load(std::slice::from_ref(&manifests));
+
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        runtime.spawn(async {
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+                return;
+            };
+            tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+            INTERRUPTED.store(true, Ordering::Relaxed);
+        });
+
+        let network = Network::build("plab", node_ip, &cluster.pods).context("building the lab's network")?;
+        network
+            .translate_services(Compiler::new(&cluster).services())
+            .context("translating Service addresses")?;
+        let injected: BTreeSet<String> = cluster
+            .pods
+            .iter()
+            .filter(|p| !p.host_network && (!options.respect_injection || asks_for_injection(&cluster, p)))
+            .map(Pod::key)
+            .collect();
+
+        {
+            let _inside = runtime.enter();
+            for pod in &cluster.pods {
+                let ns = network.netns_of(pod);
+                let mut ports: Vec<(Protocol, u16)> = pod.ports.iter().map(|c| (c.protocol, c.port)).collect();
+                ports.sort();
+                ports.dedup();
+                for (protocol, port) in ports {
+                    if injected.contains(&pod.key()) && PROXY_PORTS.contains(&port) {
+                        eprintln!("palisade lab: pod {} port {port} is the proxy's own; not served", pod.key());
+                        continue;
+                    }
+                    agent::serve(ns, &pod.ips, port, protocol, &pod.key())
+                        .with_context(|| format!("serving {port}/{protocol} in pod {}", pod.key()))?;
+                }
+            }
+        }
+
+        let mut processes = Processes::new(options.binary.clone(), workdir.0.join("logs"))?;
+        processes.start_controller(&network.node, node_ip, &manifests)?;
+        for pod in cluster.pods.iter().filter(|p| injected.contains(&p.key())) {
+            let ns = network.netns_of(pod);
+            processes.init(ns, pod)?;
+            processes.start_proxy(ns, pod, node_ip, options.hold)?;
+        }
+        let lab = Lab {
+            processes,
+            runtime,
+            network,
+            cluster,
+            report,
+            injected,
+            manifests,
+            options,
+            workdir,
+        };
+        lab.wait_ready(READY_TIMEOUT)?;
+        Ok(lab)
+    }
+
+    /// Waits until every injected pod's proxy is ready (has its policy).
+    pub fn wait_ready(&self, timeout: Duration) -> anyhow::Result<()> {
+        let start = Instant::now();
+        for pod in &self.injected {
+            loop {
+                if interrupted() {
+                    bail!("interrupted");
+                }
+                let ns = self.netns(pod)?;
+                if matches!(self.runtime.block_on(agent::admin_get(ns, "/ready")), Ok((200, _))) {
+                    break;
+                }
+                if start.elapsed() > timeout {
+                    let log = std::fs::read_to_string(self.processes.proxy_log(pod)).unwrap_or_default();
+                    bail!("the proxy of pod {pod} was not ready after {timeout:?}; its log:\n{log}");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Ok(())
+    }
+
+    /// The cluster the lab was built from (with the lab's addresses).
+    pub fn cluster(&self) -> &Cluster {
+        &self.cluster
+    }
+
+    /// What reading the manifests reported.
+    pub fn report(&self) -> &Report {
+        &self.report
+    }
+
+    /// The pods that have a proxy.
+    pub fn injected(&self) -> &BTreeSet<String> {
+        &self.injected
+    }
+
+    /// The folder the controller reads: change files here to change the policy.
+    pub fn manifests(&self) -> &Path {
+        &self.manifests
+    }
+
+    /// The node's namespace.
+    pub fn node(&self) -> &netns::Netns {
+        &self.network.node
+    }
+
+    /// A pod's namespace.
+    pub fn netns(&self, pod: &str) -> anyhow::Result<&netns::Netns> {
+        let p = self.pod(pod)?;
+        Ok(self.network.netns_of(p))
+    }
+
+    fn pod(&self, key: &str) -> anyhow::Result<&Pod> {
+        let (ns, name) = key.split_once('/').ok_or_else(|| anyhow!("{key:?} is not namespace/name"))?;
+        self.cluster.pod(ns, name).ok_or_else(|| anyhow!("no pod {key} in the lab"))
+    }
+
+    /// The lab's runtime, to run async work against the lab.
+    pub fn runtime(&self) -> &tokio::runtime::Runtime {
+        &self.runtime
+    }
+
+    /// Whether a connection from pod `from` to `port`/`protocol` at `to` (a pod, or an
+    /// address) gets through to a server answering as `expect`.
+    pub fn probe_addr(&self, from: &str, to: SocketAddr, protocol: Protocol, expect: &str) -> anyhow::Result<bool> {
+        let ns = self.netns(from)?;
+        Ok(self.runtime.block_on(agent::probe(ns, to, protocol, expect)))
+    }
+
+    /// Whether a connection from pod `from` to pod `to` on `port`/`protocol` gets through.
+    pub fn probe(&self, from: &str, to: &str, port: u16, protocol: Protocol) -> anyhow::Result<bool> {
+        let target = self.pod(to)?;
+        let ip = *target.ips.first().ok_or_else(|| anyhow!("pod {to} has no address"))?;
+        self.probe_addr(from, SocketAddr::new(ip, port), protocol, to)
+    }
+
+    /// Probes every flow `simulate` judges (SCTP ones are listed, not probed).
+    pub fn probe_all(&self) -> anyhow::Result<Vec<Observed>> {
+        let flows = simulate(&self.cluster).flows;
+        let permits = Arc::new(tokio::sync::Semaphore::new(PROBES_AT_ONCE));
+        let mut tasks = Vec::with_capacity(flows.len());
+        for flow in flows {
+            let from = self.netns(&flow.from)?;
+            let to = self.pod(&flow.to)?;
+            let dst = SocketAddr::new(to.ips[0], flow.port);
+            let permits = permits.clone();
+            tasks.push(async move {
+                if flow.protocol == Protocol::Sctp || interrupted() {
+                    return Observed { expected: flow, observed: None };
+                }
+                let _permit = permits.acquire().await;
+                let observed = agent::probe(from, dst, flow.protocol, &flow.to).await;
+                Observed { expected: flow, observed: Some(observed) }
+            });
+        }
+        let observed = self.runtime.block_on(futures_util::future::join_all(tasks));
+        if interrupted() {
+            bail!("interrupted");
+        }
+        Ok(observed)
+    }
+
+    /// Stops the controller: proxies keep their last policy.
+    pub fn stop_controller(&mut self) {
+        self.processes.stop_controller();
+    }
+
+    /// Starts the controller again.
+    pub fn start_controller(&mut self) -> anyhow::Result<()> {
+        let ip = self.network.node_ip;
+        self.processes.start_controller(&self.network.node, ip, &self.manifests)?;
+        Ok(())
+    }
+
+    /// Stops a pod's proxy: the pod's traffic must then be refused, never passed.
+    pub fn stop_proxy(&mut self, pod: &str) {
+        self.processes.stop_proxy(pod);
+    }
+
+    /// Starts a pod's proxy again and waits until it is ready.
+    pub fn start_proxy(&mut self, pod: &str) -> anyhow::Result<()> {
+        let p = self.pod(pod)?.clone();
+        let ns = self.network.netns_of(&p);
+        self.processes.start_proxy(ns, &p, self.network.node_ip, self.options.hold)?;
+        self.wait_ready(READY_TIMEOUT)
+    }
+
+    /// The process id of a pod's proxy.
+    pub fn proxy_pid(&self, pod: &str) -> Option<u32> {
+        self.processes.proxy_pid(pod)
+    }
+
+    /// The flow log lines a pod's proxy wrote so far.
+    pub fn flow_log(&self, pod: &str) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.processes.flow_log(pod))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// A pod's proxy diagnostics so far.
+    pub fn proxy_log(&self, pod: &str) -> String {
+        std::fs::read_to_string(self.processes.proxy_log(pod)).unwrap_or_default()
+    }
+
+    /// Asks a pod's proxy admin server for `path` (e.g. `/metrics`).
+    pub fn admin(&self, pod: &str, path: &str) -> anyhow::Result<(u16, String)> {
+        let ns = self.netns(pod)?;
+        Ok(self.runtime.block_on(agent::admin_get(ns, path))?)
+    }
+
+    /// Proxies that exited, and how.
+    pub fn exited_proxies(&mut self) -> Vec<(String, String)> {
+        self.processes.exited()
+    }
+
+    /// The lab's working folder (manifests and logs).
+    pub fn workdir(&self) -> &Path {
+        &self.workdir.0
+    }
+}

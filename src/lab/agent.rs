@@ -1,0 +1,145 @@
+//! The agent in each lab pod: it serves every TCP and UDP port the pod declares, answering
+//! with the pod's name, and probes other pods from inside its pod. Its sockets are opened
+//! inside the pod's namespace and served from the lab's own runtime.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use palisade_policy::ports::Protocol;
+use socket2::{Domain, Socket, Type};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, UdpSocket};
+
+use super::netns::Netns;
+
+/// How long a TCP probe waits for the answer.
+pub const TCP_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a UDP probe waits for an answer to each of its tries.
+pub const UDP_TRY: Duration = Duration::from_millis(400);
+/// How many datagrams a UDP probe sends before it gives up.
+pub const UDP_TRIES: u32 = 3;
+
+/// Opens a socket of `kind` inside `ns`, non-blocking, bound to `bind` when given.
+fn socket_in(ns: &Netns, ip: IpAddr, kind: Type, bind: Option<SocketAddr>) -> io::Result<Socket> {
+    ns.run(move || {
+        let s = Socket::new(Domain::for_address(SocketAddr::new(ip, 0)), kind, None)?;
+        s.set_nonblocking(true)?;
+        if ip.is_ipv6() {
+            s.set_only_v6(true)?;
+        }
+        if let Some(addr) = bind {
+            s.set_reuse_address(true)?;
+            s.bind(&addr.into())?;
+        }
+        Ok(s)
+    })?
+}
+
+fn any(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+        IpAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
+    }
+}
+
+/// Serves `port`/`protocol` in `ns` for every address family of `ips`, answering with
+/// `name`. Must be called inside the lab's runtime.
+pub fn serve(ns: &Netns, ips: &[IpAddr], port: u16, protocol: Protocol, name: &str) -> io::Result<()> {
+    let mut families: Vec<IpAddr> = ips.iter().map(|ip| any(*ip)).collect();
+    families.dedup();
+    for family in families {
+        let addr = SocketAddr::new(family, port);
+        match protocol {
+            Protocol::Tcp => {
+                let socket = socket_in(ns, family, Type::STREAM, Some(addr))?;
+                socket.listen(1024)?;
+                let listener = TcpListener::from_std(socket.into())?;
+                let reply = format!("{name}\n");
+                tokio::spawn(async move {
+                    while let Ok((mut stream, _)) = listener.accept().await {
+                        let reply = reply.clone();
+                        tokio::spawn(async move {
+                            let _ = stream.write_all(reply.as_bytes()).await;
+                            let _ = stream.shutdown().await;
+                        });
+                    }
+                });
+            }
+            Protocol::Udp => {
+                let socket = UdpSocket::from_std(socket_in(ns, family, Type::DGRAM, Some(addr))?.into())?;
+                let reply = name.to_owned();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 512];
+                    while let Ok((_, from)) = socket.recv_from(&mut buf).await {
+                        let _ = socket.send_to(reply.as_bytes(), from).await;
+                    }
+                });
+            }
+            // SCTP cannot be relayed by the proxy; the lab does not serve or probe it.
+            Protocol::Sctp => {}
+        }
+    }
+    Ok(())
+}
+
+/// Whether a connection from inside `ns` to `dst` reaches the pod named `expect`.
+pub async fn probe(ns: &Netns, dst: SocketAddr, protocol: Protocol, expect: &str) -> bool {
+    match protocol {
+        Protocol::Tcp => probe_tcp(ns, dst).await.is_ok_and(|answer| answer.trim_end() == expect),
+        Protocol::Udp => probe_udp(ns, dst).await.is_ok_and(|answer| answer == expect),
+        Protocol::Sctp => false,
+    }
+}
+
+async fn probe_tcp(ns: &Netns, dst: SocketAddr) -> io::Result<String> {
+    let socket = socket_in(ns, dst.ip(), Type::STREAM, None)?;
+    let socket = TcpSocket::from_std_stream(socket.into());
+    let exchange = async {
+        let mut stream = socket.connect(dst).await?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await?;
+        Ok(answer)
+    };
+    tokio::time::timeout(TCP_TIMEOUT, exchange)
+        .await
+        .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
+}
+
+async fn probe_udp(ns: &Netns, dst: SocketAddr) -> io::Result<String> {
+    let socket = socket_in(ns, dst.ip(), Type::DGRAM, Some(SocketAddr::new(any(dst.ip()), 0)))?;
+    let socket = UdpSocket::from_std(socket.into())?;
+    socket.connect(dst).await?;
+    let mut buf = [0u8; 512];
+    for _ in 0..UDP_TRIES {
+        socket.send(b"probe").await?;
+        if let Ok(Ok(n)) = tokio::time::timeout(UDP_TRY, socket.recv(&mut buf)).await {
+            return Ok(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    }
+    Err(io::ErrorKind::TimedOut.into())
+}
+
+/// Asks a proxy's admin server (on the pod's loopback) for `path`; the status and body.
+pub async fn admin_get(ns: &Netns, path: &str) -> io::Result<(u16, String)> {
+    let addr: SocketAddr = (Ipv4Addr::LOCALHOST, 7490).into();
+    let socket = TcpSocket::from_std_stream(socket_in(ns, addr.ip(), Type::STREAM, None)?.into());
+    let exchange = async {
+        let mut stream = socket.connect(addr).await?;
+        stream
+            .write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes())
+            .await?;
+        let mut text = String::new();
+        stream.read_to_string(&mut text).await?;
+        let status = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no HTTP status"))?;
+        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
+        Ok((status, body))
+    };
+    tokio::time::timeout(Duration::from_secs(2), exchange)
+        .await
+        .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
+}

@@ -1,0 +1,176 @@
+//! palisade's own parts running in the lab, as a cluster would run them: the controller in
+//! the node, and in each injected pod `palisade init` followed by `palisade proxy` as uid
+//! 2190. Every process is stopped when this is dropped.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+use palisade_policy::cluster::Pod;
+
+use super::netns::Netns;
+
+/// The proxy's uid, which its iptables rules leave alone.
+pub const PROXY_UID: &str = "2190";
+/// The controller's policy stream port.
+pub const CONTROLLER_PORT: u16 = 7443;
+
+/// Pod annotations that become `palisade init` options, as the injector maps them.
+const INIT_ANNOTATIONS: [(&str, &str); 3] = [
+    ("palisade.dev/skip-inbound-ports", "--skip-inbound-ports"),
+    ("palisade.dev/skip-outbound-ports", "--skip-outbound-ports"),
+    ("palisade.dev/skip-outbound-cidrs", "--skip-outbound-cidrs"),
+];
+
+/// The running parts, and where their logs go.
+pub struct Processes {
+    binary: PathBuf,
+    logs: PathBuf,
+    controller: Option<Child>,
+    proxies: BTreeMap<String, Child>,
+}
+
+fn stop(mut child: Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+impl Processes {
+    /// Nothing running yet; logs go under `logs`.
+    pub fn new(binary: PathBuf, logs: PathBuf) -> io::Result<Self> {
+        std::fs::create_dir_all(&logs)?;
+        Ok(Self {
+            binary,
+            logs,
+            controller: None,
+            proxies: BTreeMap::new(),
+        })
+    }
+
+    fn log(&self, name: &str) -> io::Result<File> {
+        File::options().create(true).append(true).open(self.logs.join(name))
+    }
+
+    /// Where a pod's proxy writes its flow log.
+    pub fn flow_log(&self, pod: &str) -> PathBuf {
+        self.logs.join(format!("{}.flows.jsonl", pod.replace('/', "_")))
+    }
+
+    /// Where a pod's proxy writes its diagnostics.
+    pub fn proxy_log(&self, pod: &str) -> PathBuf {
+        self.logs.join(format!("{}.log", pod.replace('/', "_")))
+    }
+
+    /// Starts the controller in the node, reading `manifests`.
+    pub fn start_controller(&mut self, node: &Netns, node_ip: IpAddr, manifests: &Path) -> io::Result<()> {
+        let log = self.log("controller.log")?;
+        let child = node
+            .command(path_str(&self.binary)?)
+            .arg("controller")
+            .arg("--source")
+            .arg(manifests)
+            .args(["--listen", &format!("{node_ip}:{CONTROLLER_PORT}")])
+            .args(["--metrics", "127.0.0.1:9090", "--poll", "100ms"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        self.controller = Some(child);
+        Ok(())
+    }
+
+    /// Stops the controller (proxies keep their last policy).
+    pub fn stop_controller(&mut self) {
+        if let Some(c) = self.controller.take() {
+            stop(c);
+        }
+    }
+
+    /// Installs the pod's iptables rules, as its init container would.
+    pub fn init(&self, ns: &Netns, pod: &Pod) -> io::Result<()> {
+        let mut command = ns.command(path_str(&self.binary)?);
+        command.args(["init", "--dns-servers", "none"]);
+        for (annotation, flag) in INIT_ANNOTATIONS {
+            if let Some(value) = pod.annotations.get(annotation) {
+                command.args([flag, value]);
+            }
+        }
+        let output = command.stdin(Stdio::null()).output()?;
+        if !output.status.success() {
+            return Err(io::Error::other(format!(
+                "palisade init failed in pod {}: {}",
+                pod.key(),
+                String::from_utf8_lossy(&output.stderr).trim()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Starts the pod's proxy as uid 2190, with CAP_NET_RAW only (for UDP), as a sidecar
+    /// would run.
+    pub fn start_proxy(&mut self, ns: &Netns, pod: &Pod, node_ip: IpAddr, hold: Duration) -> io::Result<()> {
+        let key = pod.key();
+        let ips: Vec<String> = pod.ips.iter().map(IpAddr::to_string).collect();
+        let child = ns
+            .command("setpriv")
+            .args([
+                &format!("--reuid={PROXY_UID}"),
+                &format!("--regid={PROXY_UID}"),
+                "--clear-groups",
+                "--inh-caps=+net_raw",
+                "--ambient-caps=+net_raw",
+            ])
+            .arg(&self.binary)
+            .args(["proxy", "--pod", &key])
+            .args(["--controller", &format!("http://{node_ip}:{CONTROLLER_PORT}")])
+            .args(["--pod-ips", &ips.join(","), "--host-ip", &node_ip.to_string()])
+            .args(["--hold", &format!("{}ms", hold.as_millis())])
+            .args(["--dns-upstreams", &node_ip.to_string()])
+            .stdin(Stdio::null())
+            .stdout(File::create(self.flow_log(&key))?)
+            .stderr(self.log(&format!("{}.log", key.replace('/', "_")))?)
+            .spawn()?;
+        if let Some(old) = self.proxies.insert(key, child) {
+            stop(old);
+        }
+        Ok(())
+    }
+
+    /// Stops a pod's proxy: its pod's traffic is then refused, never passed.
+    pub fn stop_proxy(&mut self, pod: &str) {
+        if let Some(c) = self.proxies.remove(pod) {
+            stop(c);
+        }
+    }
+
+    /// The process id of a pod's proxy.
+    pub fn proxy_pid(&self, pod: &str) -> Option<u32> {
+        self.proxies.get(pod).map(Child::id)
+    }
+
+    /// The pods whose proxies have exited, and how.
+    pub fn exited(&mut self) -> Vec<(String, String)> {
+        self.proxies
+            .iter_mut()
+            .filter_map(|(pod, c)| c.try_wait().ok().flatten().map(|s| (pod.clone(), s.to_string())))
+            .collect()
+    }
+}
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        for (_, c) in std::mem::take(&mut self.proxies) {
+            stop(c);
+        }
+        self.stop_controller();
+    }
+}
+
+fn path_str(p: &Path) -> io::Result<&str> {
+    p.to_str()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the palisade binary's path is not UTF-8"))
+}
