@@ -34,12 +34,13 @@ pub struct FlowInfo {
 }
 
 impl FlowInfo {
-    /// The other end, as policies see it.
+    /// The other end, as policies see it (an IPv4-mapped IPv6 address as IPv4).
     pub fn peer(&self) -> IpAddr {
         match self.direction {
             Direction::Ingress => self.src.ip(),
             Direction::Egress => self.dst.ip(),
         }
+        .to_canonical()
     }
 
     /// The flow as the policy crate judges it.

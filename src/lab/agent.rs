@@ -1,5 +1,6 @@
 //! The agent in each lab pod: it serves every TCP and UDP port the pod declares, answering
-//! with the pod's name, and probes other pods from inside its pod. Its sockets are opened
+//! with the pod's name (and, on TCP, echoing what follows, so a connection can be held
+//! open), and probes other pods from inside its pod. Its sockets are opened
 //! inside the pod's namespace and served from the lab's own runtime.
 
 use std::io;
@@ -8,8 +9,8 @@ use std::time::Duration;
 
 use palisade_policy::ports::Protocol;
 use socket2::{Domain, Socket, Type};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpSocket, UdpSocket};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
 
 use super::netns::Netns;
 
@@ -60,8 +61,10 @@ pub fn serve(ns: &Netns, ips: &[IpAddr], port: u16, protocol: Protocol, name: &s
                     while let Ok((mut stream, _)) = listener.accept().await {
                         let reply = reply.clone();
                         tokio::spawn(async move {
-                            let _ = stream.write_all(reply.as_bytes()).await;
-                            let _ = stream.shutdown().await;
+                            if stream.write_all(reply.as_bytes()).await.is_ok() {
+                                let (mut r, mut w) = stream.split();
+                                let _ = tokio::io::copy(&mut r, &mut w).await;
+                            }
                         });
                     }
                 });
@@ -86,20 +89,28 @@ pub fn serve(ns: &Netns, ips: &[IpAddr], port: u16, protocol: Protocol, name: &s
 /// Whether a connection from inside `ns` to `dst` reaches the pod named `expect`.
 pub async fn probe(ns: &Netns, dst: SocketAddr, protocol: Protocol, expect: &str) -> bool {
     match protocol {
-        Protocol::Tcp => probe_tcp(ns, dst).await.is_ok_and(|answer| answer.trim_end() == expect),
+        Protocol::Tcp => probe_tcp(ns, dst).await.is_ok_and(|answer| answer == expect),
         Protocol::Udp => probe_udp(ns, dst).await.is_ok_and(|answer| answer == expect),
         Protocol::Sctp => false,
     }
 }
 
 async fn probe_tcp(ns: &Netns, dst: SocketAddr) -> io::Result<String> {
+    open(ns, dst).await.map(|(_, name)| name)
+}
+
+/// Connects from inside `ns` to `dst` and reads the server's name line; the connection
+/// stays open (the server echoes what is sent next).
+pub async fn open(ns: &Netns, dst: SocketAddr) -> io::Result<(BufReader<TcpStream>, String)> {
     let socket = socket_in(ns, dst.ip(), Type::STREAM, None)?;
     let socket = TcpSocket::from_std_stream(socket.into());
     let exchange = async {
-        let mut stream = socket.connect(dst).await?;
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer).await?;
-        Ok(answer)
+        let mut stream = BufReader::new(socket.connect(dst).await?);
+        let mut name = String::new();
+        if stream.read_line(&mut name).await? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok((stream, name.trim_end().to_owned()))
     };
     tokio::time::timeout(TCP_TIMEOUT, exchange)
         .await

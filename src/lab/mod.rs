@@ -228,7 +228,7 @@ impl Lab {
         for pod in cluster.pods.iter().filter(|p| injected.contains(&p.key())) {
             let ns = network.netns_of(pod);
             processes.init(ns, pod)?;
-            processes.start_proxy(ns, pod, node_ip, options.hold)?;
+            processes.start_proxy(ns, pod, node_ip, options.hold, None)?;
         }
         let lab = Lab {
             processes,
@@ -365,11 +365,13 @@ impl Lab {
         self.processes.stop_proxy(pod);
     }
 
-    /// Starts a pod's proxy again and waits until it is ready.
-    pub fn start_proxy(&mut self, pod: &str) -> anyhow::Result<()> {
+    /// Starts a pod's proxy again (replacing a running one), with at most `max_files`
+    /// open descriptors if given, and waits until it is ready.
+    pub fn start_proxy(&mut self, pod: &str, max_files: Option<u32>) -> anyhow::Result<()> {
         let p = self.pod(pod)?.clone();
         let ns = self.network.netns_of(&p);
-        self.processes.start_proxy(ns, &p, self.network.node_ip, self.options.hold)?;
+        self.processes
+            .start_proxy(ns, &p, self.network.node_ip, self.options.hold, max_files)?;
         self.wait_ready(READY_TIMEOUT)
     }
 
@@ -401,6 +403,14 @@ impl Lab {
     /// Proxies that exited, and how.
     pub fn exited_proxies(&mut self) -> Vec<(String, String)> {
         self.processes.exited()
+    }
+
+    /// Writes (or replaces) a manifest file the controller reads, atomically.
+    pub fn write_manifest(&self, name: &str, text: &str) -> anyhow::Result<()> {
+        let tmp = self.workdir.0.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, text)?;
+        std::fs::rename(&tmp, self.manifests.join(name))?;
+        Ok(())
     }
 
     /// The lab's working folder (manifests and logs).

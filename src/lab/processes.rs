@@ -111,12 +111,26 @@ impl Processes {
     }
 
     /// Starts the pod's proxy as uid 2190, with CAP_NET_RAW only (for UDP), as a sidecar
-    /// would run.
-    pub fn start_proxy(&mut self, ns: &Netns, pod: &Pod, node_ip: IpAddr, hold: Duration) -> io::Result<()> {
+    /// would run; `max_files` caps its open descriptors.
+    pub fn start_proxy(
+        &mut self,
+        ns: &Netns,
+        pod: &Pod,
+        node_ip: IpAddr,
+        hold: Duration,
+        max_files: Option<u32>,
+    ) -> io::Result<()> {
         let key = pod.key();
         let ips: Vec<String> = pod.ips.iter().map(IpAddr::to_string).collect();
-        let child = ns
-            .command("setpriv")
+        let mut command = match max_files {
+            Some(n) => {
+                let mut c = ns.command("prlimit");
+                c.arg(format!("--nofile={n}:{n}")).arg("setpriv");
+                c
+            }
+            None => ns.command("setpriv"),
+        };
+        let child = command
             .args([
                 &format!("--reuid={PROXY_UID}"),
                 &format!("--regid={PROXY_UID}"),
