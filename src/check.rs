@@ -74,17 +74,26 @@ enum Target<'c> {
 
 fn resolve<'c>(cluster: &'c Cluster, s: &str) -> anyhow::Result<Target<'c>> {
     if let Ok(ip) = s.parse::<IpAddr>() {
-        return Ok(match cluster.pods.iter().find(|p| p.ips.contains(&ip) && !p.host_network) {
-            Some(pod) => Target::Pod(pod),
-            None => Target::Ip(ip),
-        });
+        return Ok(
+            match cluster
+                .pods
+                .iter()
+                .find(|p| p.ips.contains(&ip) && !p.host_network)
+            {
+                Some(pod) => Target::Pod(pod),
+                None => Target::Ip(ip),
+            },
+        );
     }
     let Some((ns, name)) = s.split_once('/') else {
         bail!("{s:?} is neither NAMESPACE/POD nor an IP address");
     };
     cluster.pod(ns, name).map(Target::Pod).ok_or_else(|| {
         let known: Vec<String> = cluster.pods.iter().map(Pod::key).collect();
-        anyhow!("no pod {s} in the manifests; the pods are: {}", known.join(", "))
+        anyhow!(
+            "no pod {s} in the manifests; the pods are: {}",
+            known.join(", ")
+        )
     })
 }
 
@@ -101,16 +110,27 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut service = None;
     match to {
         Target::Ip(ip) if compiler.services().is_service_ip(ip) => {
-            let number: u16 = args
-                .port
-                .parse()
-                .map_err(|_| anyhow!("the port of a Service must be a number, not {:?}", args.port))?;
+            let number: u16 = args.port.parse().map_err(|_| {
+                anyhow!(
+                    "the port of a Service must be a number, not {:?}",
+                    args.port
+                )
+            })?;
             let entry = compiler
                 .services()
                 .lookup(ip, number, args.protocol)
-                .ok_or_else(|| anyhow!("Service address {ip} has no port {number}/{}", args.protocol))?;
+                .ok_or_else(|| {
+                    anyhow!(
+                        "Service address {ip} has no port {number}/{}",
+                        args.protocol
+                    )
+                })?;
             if entry.backends.is_empty() {
-                bail!("Service {} has no backends for port {number}/{}", entry.service, args.protocol);
+                bail!(
+                    "Service {} has no backends for port {number}/{}",
+                    entry.service,
+                    args.protocol
+                );
             }
             service = Some(entry.service.clone());
             for &(ip, port) in &entry.backends {
@@ -137,20 +157,33 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let (to_policy, to_ip) = match dest {
             Target::Pod(p) => (
                 Some(compiler.compile(p)),
-                *p.ips.first().ok_or_else(|| anyhow!("pod {} has no address", p.key()))?,
+                *p.ips
+                    .first()
+                    .ok_or_else(|| anyhow!("pod {} has no address", p.key()))?,
             ),
             Target::Ip(ip) => (None, *ip),
         };
         let port = match (backend_port, args.port.parse::<u16>(), dest) {
             (Some(p), _, _) => *p,
             (None, Ok(p), _) => p,
-            (None, Err(_), Target::Pod(pod)) => pod.named_port(&args.port, args.protocol).ok_or_else(|| {
-                anyhow!("pod {} declares no {} port named {:?}", pod.key(), args.protocol, args.port)
-            })?,
-            (None, Err(_), Target::Ip(_)) => bail!("a port name needs a pod destination; give a number"),
+            (None, Err(_), Target::Pod(pod)) => {
+                pod.named_port(&args.port, args.protocol).ok_or_else(|| {
+                    anyhow!(
+                        "pod {} declares no {} port named {:?}",
+                        pod.key(),
+                        args.protocol,
+                        args.port
+                    )
+                })?
+            }
+            (None, Err(_), Target::Ip(_)) => {
+                bail!("a port name needs a pod destination; give a number")
+            }
         };
         let from_ip = match (&from, &from_policy) {
-            (Target::Pod(p), _) => p.ip_like(to_ip).ok_or_else(|| anyhow!("pod {} has no address", p.key()))?,
+            (Target::Pod(p), _) => p
+                .ip_like(to_ip)
+                .ok_or_else(|| anyhow!("pod {} has no address", p.key()))?,
             (Target::Ip(ip), _) => *ip,
         };
         let q = Question {
@@ -168,7 +201,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         Output::Json => println!("{}", serde_json::to_string_pretty(&answers)?),
         Output::Text => {
             if let Some(svc) = &service {
-                println!("{} is Service {svc}; judged against each of its {} backends\n", args.to, answers.len());
+                println!(
+                    "{} is Service {svc}; judged against each of its {} backends\n",
+                    args.to,
+                    answers.len()
+                );
             }
             for a in &answers {
                 print!("{}", render(a, request.as_ref()));
@@ -220,7 +257,9 @@ pub fn render(a: &Explanation, request: Option<&PlainRequest>) -> String {
     }
     match &a.ingress {
         Some(side) => render_side(&mut out, side),
-        None => out.push_str("ingress: the destination is not a pod; nothing judges its ingress\n\n"),
+        None => {
+            out.push_str("ingress: the destination is not a pod; nothing judges its ingress\n\n")
+        }
     }
     let _ = writeln!(out, "verdict: {}", action_word(a.action));
     out.push('\n');
@@ -228,13 +267,23 @@ pub fn render(a: &Explanation, request: Option<&PlainRequest>) -> String {
 }
 
 fn render_side(out: &mut String, side: &SideExplanation) {
-    let _ = writeln!(out, "{} of {}: {}", side.direction, side.pod, action_word(side.action));
+    let _ = writeln!(
+        out,
+        "{} of {}: {}",
+        side.direction,
+        side.pod,
+        action_word(side.action)
+    );
     let _ = writeln!(out, "  because: {}", side.reason);
     if side.l7 {
         out.push_str("  only with L7 conditions: give --method/--path (or --host) to judge them\n");
     }
     for p in &side.policies {
-        let staged = if p.staged { ", staged in audit mode" } else { "" };
+        let staged = if p.staged {
+            ", staged in audit mode"
+        } else {
+            ""
+        };
         let _ = writeln!(out, "  {} {}{staged}:", p.kind, p.name);
         if p.rules.is_empty() {
             let _ = writeln!(out, "    no {} rules: allows nothing", side.direction);

@@ -45,11 +45,15 @@ impl Cell {
 }
 
 /// The legend printed above the tables.
-pub const LEGEND: &str = ". allowed   X denied   A denied, but let through by audit mode   - same pod";
+pub const LEGEND: &str =
+    ". allowed   X denied   A denied, but let through by audit mode   - same pod";
+
+/// One table's cells by (from, to).
+type Table<'a> = BTreeMap<(&'a str, &'a str), Cell>;
 
 /// Renders one table per port and protocol of `cells` (keyed by flow).
 pub fn render(cluster: &Cluster, cells: &[(&SimFlow, Cell)]) -> String {
-    let mut tables: BTreeMap<(&str, u16), BTreeMap<(&str, &str), Cell>> = BTreeMap::new();
+    let mut tables: BTreeMap<(&str, u16), Table> = BTreeMap::new();
     for (f, cell) in cells {
         tables
             .entry((f.protocol.as_str(), f.port))
@@ -63,7 +67,11 @@ pub fn render(cluster: &Cluster, cells: &[(&SimFlow, Cell)]) -> String {
         let columns: Vec<String> = cluster
             .pods
             .iter()
-            .filter(|p| p.ports.iter().any(|c| c.port == *port && c.protocol.as_str() == *protocol))
+            .filter(|p| {
+                p.ports
+                    .iter()
+                    .any(|c| c.port == *port && c.protocol.as_str() == *protocol)
+            })
             .map(|p| p.key())
             .collect();
         let _ = writeln!(out, "\n{protocol}/{port}");
@@ -78,7 +86,9 @@ pub fn render(cluster: &Cluster, cells: &[(&SimFlow, Cell)]) -> String {
                 let mark = if from == to {
                     "-"
                 } else {
-                    cells.get(&(from.as_str(), to.as_str())).map_or(" ", |c| c.text())
+                    cells
+                        .get(&(from.as_str(), to.as_str()))
+                        .map_or(" ", |c| c.text())
                 };
                 let _ = write!(out, "  {mark:^w$}", w = to.len());
             }

@@ -36,7 +36,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let sim = simulate(&loaded.cluster);
     match args.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&sim)?),
-        Output::Table if sim.flows.is_empty() => println!("no flows: no pod declares a container port"),
+        Output::Table if sim.flows.is_empty() => {
+            println!("no flows: no pod declares a container port")
+        }
         Output::Table => {
             let cells: Vec<_> = sim.flows.iter().map(|f| (f, Cell::of(f))).collect();
             println!("{LEGEND}");
@@ -49,4 +51,3 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         ExitCode::SUCCESS
     })
 }
-

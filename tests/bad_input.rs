@@ -50,7 +50,9 @@ fn check(fixture: &str, expected: &[&str]) {
 fn bad_cidr() {
     check(
         "bad-cidr.yaml",
-        &[r#"9: NetworkPolicy shop/bad-cidr: spec.ingress[0].from[0].ipBlock.cidr: "10.0.0.0/33" is not a CIDR"#],
+        &[
+            r#"9: NetworkPolicy shop/bad-cidr: spec.ingress[0].from[0].ipBlock.cidr: "10.0.0.0/33" is not a CIDR"#,
+        ],
     );
 }
 
@@ -58,7 +60,9 @@ fn bad_cidr() {
 fn unknown_operator() {
     check(
         "unknown-operator.yaml",
-        &[r#"11: NetworkPolicy shop/bad-operator: spec.ingress[0].from[0].podSelector.matchExpressions[0].operator: "Within" is not an operator: use In, NotIn, Exists or DoesNotExist"#],
+        &[
+            r#"11: NetworkPolicy shop/bad-operator: spec.ingress[0].from[0].podSelector.matchExpressions[0].operator: "Within" is not an operator: use In, NotIn, Exists or DoesNotExist"#,
+        ],
     );
 }
 
@@ -82,7 +86,9 @@ fn end_port_below_port() {
 fn bad_regex() {
     check(
         "bad-regex.yaml",
-        &[r#"13: PalisadePolicy shop/bad-path: spec.ingress[0].toPorts[0].rules.http[0].path: "/api/(v1" is not a regular expression: unclosed group"#],
+        &[
+            r#"13: PalisadePolicy shop/bad-path: spec.ingress[0].toPorts[0].rules.http[0].path: "/api/(v1" is not a regular expression: unclosed group"#,
+        ],
     );
 }
 
@@ -106,7 +112,9 @@ fn misspelt_field_is_an_error_not_a_silent_default() {
 fn unquoted_label_value() {
     check(
         "unquoted-label.yaml",
-        &[r#"7: NetworkPolicy shop/metrics: spec.podSelector.matchLabels.metrics: must be a string, not a boolean: quote it, "true""#],
+        &[
+            r#"7: NetworkPolicy shop/metrics: spec.podSelector.matchLabels.metrics: must be a string, not a boolean: quote it, "true""#,
+        ],
     );
 }
 
@@ -133,7 +141,16 @@ fn unsupported_cilium_field_is_refused_not_ignored() {
 #[test]
 fn check_exits_2_on_an_unknown_pod() {
     let out = Command::new(env!("CARGO_BIN_EXE_palisade"))
-        .args(["check", &format!("{DIR}/base.yaml"), "--from", "shop/nobody", "--to", "shop/web", "--port", "80"])
+        .args([
+            "check",
+            &format!("{DIR}/base.yaml"),
+            "--from",
+            "shop/nobody",
+            "--to",
+            "shop/web",
+            "--port",
+            "80",
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));

@@ -14,21 +14,47 @@ fn check(args: &[&str]) -> (Option<i32>, String) {
     (out.status.code(), String::from_utf8(out.stdout).unwrap())
 }
 
-const TO_API: [&str; 6] = ["--from", "shop/frontend", "--to", "shop/api", "--port", "http"];
+const TO_API: [&str; 6] = [
+    "--from",
+    "shop/frontend",
+    "--to",
+    "shop/api",
+    "--port",
+    "http",
+];
 
 #[test]
 fn http_rule_allows_a_matching_request() {
-    let (code, out) = check(&[&TO_API[..], &["--method", "GET", "--path", "/api/v1/orders"]].concat());
+    let (code, out) = check(
+        &[
+            &TO_API[..],
+            &["--method", "GET", "--path", "/api/v1/orders"],
+        ]
+        .concat(),
+    );
     assert_eq!(code, Some(0), "{out}");
-    assert!(out.contains("allowed by PalisadePolicy shop/api-l7, ingress rule 0, peer 0, http rule 0"), "{out}");
-    let (code, out) = check(&[&TO_API[..], &["--method", "POST", "--path", "/api/v1/orders"]].concat());
+    assert!(
+        out.contains("allowed by PalisadePolicy shop/api-l7, ingress rule 0, peer 0, http rule 0"),
+        "{out}"
+    );
+    let (code, out) = check(
+        &[
+            &TO_API[..],
+            &["--method", "POST", "--path", "/api/v1/orders"],
+        ]
+        .concat(),
+    );
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("http rule 1"), "{out}");
 }
 
 #[test]
 fn http_rule_denies_other_methods_and_paths() {
-    for (method, path) in [("DELETE", "/api/v1/orders"), ("POST", "/api/v1/orders/7"), ("GET", "/admin")] {
+    for (method, path) in [
+        ("DELETE", "/api/v1/orders"),
+        ("POST", "/api/v1/orders/7"),
+        ("GET", "/admin"),
+    ] {
         let (code, out) = check(&[&TO_API[..], &["--method", method, "--path", path]].concat());
         assert_eq!(code, Some(1), "{method} {path}: {out}");
         assert!(out.contains("ingress of shop/api: DENIED"), "{out}");
@@ -37,9 +63,19 @@ fn http_rule_denies_other_methods_and_paths() {
 
 #[test]
 fn a_peer_the_rule_does_not_name_is_denied_at_l4() {
-    let (code, out) = check(&["--from", "shop/ci-runner", "--to", "shop/api", "--port", "8080"]);
+    let (code, out) = check(&[
+        "--from",
+        "shop/ci-runner",
+        "--to",
+        "shop/api",
+        "--port",
+        "8080",
+    ]);
     assert_eq!(code, Some(1), "{out}");
-    assert!(out.contains("rule 0: pods app=frontend in namespace shop; 8080/TCP: peer does not match"), "{out}");
+    assert!(
+        out.contains("rule 0: pods app=frontend in namespace shop; 8080/TCP: peer does not match"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -51,31 +87,72 @@ fn connection_allowed_only_under_l7_conditions_says_so() {
 
 #[test]
 fn fqdn_rule_needs_the_resolved_name() {
-    let to_github = ["--from", "shop/ci-runner", "--to", "140.82.112.3", "--port", "443"];
+    let to_github = [
+        "--from",
+        "shop/ci-runner",
+        "--to",
+        "140.82.112.3",
+        "--port",
+        "443",
+    ];
     let (code, out) = check(&[&to_github[..], &["--host", "API.github.com."]].concat());
-    assert_eq!(code, Some(0), "names compare case-insensitively without the trailing dot: {out}");
+    assert_eq!(
+        code,
+        Some(0),
+        "names compare case-insensitively without the trailing dot: {out}"
+    );
     let (code, _) = check(&[&to_github[..], &["--host", "raw.githubusercontent.com"]].concat());
     assert_eq!(code, Some(0), "*.githubusercontent.com matches one label");
     let (code, _) = check(&[&to_github[..], &["--host", "a.b.githubusercontent.com"]].concat());
     assert_eq!(code, Some(1), "* does not span labels");
     let (code, out) = check(&to_github);
-    assert_eq!(code, Some(1), "an address resolved from no allowed name is denied: {out}");
-    let (code, _) = check(&["--from", "shop/ci-runner", "--to", "140.82.112.3", "--port", "80", "--host", "api.github.com"]);
+    assert_eq!(
+        code,
+        Some(1),
+        "an address resolved from no allowed name is denied: {out}"
+    );
+    let (code, _) = check(&[
+        "--from",
+        "shop/ci-runner",
+        "--to",
+        "140.82.112.3",
+        "--port",
+        "80",
+        "--host",
+        "api.github.com",
+    ]);
     assert_eq!(code, Some(1), "the rule's port still applies");
 }
 
 #[test]
 fn a_service_address_is_judged_against_its_backend() {
-    let (code, out) = check(&["--from", "shop/frontend", "--to", "10.96.0.10", "--port", "80"]);
+    let (code, out) = check(&[
+        "--from",
+        "shop/frontend",
+        "--to",
+        "10.96.0.10",
+        "--port",
+        "80",
+    ]);
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("10.96.0.10 is Service shop/api"), "{out}");
     // targetPort `http` resolves to the backend pod's container port 8080.
-    assert!(out.contains("-> shop/api (10.20.0.1) port 8080/TCP"), "{out}");
+    assert!(
+        out.contains("-> shop/api (10.20.0.1) port 8080/TCP"),
+        "{out}"
+    );
 }
 
 #[test]
 fn traffic_from_the_node_and_to_itself_is_always_allowed() {
-    let (code, out) = check(&["--from", "192.168.20.1", "--to", "shop/api", "--port", "8080"]);
+    let (code, out) = check(&[
+        "--from",
+        "192.168.20.1",
+        "--to",
+        "shop/api",
+        "--port",
+        "8080",
+    ]);
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("the pod's own node"), "{out}");
     let (code, out) = check(&["--from", "shop/api", "--to", "shop/api", "--port", "8080"]);
@@ -84,7 +161,13 @@ fn traffic_from_the_node_and_to_itself_is_always_allowed() {
 
 #[test]
 fn json_output_carries_the_verdict_and_each_side() {
-    let (code, out) = check(&[&TO_API[..], &["--method", "DELETE", "--path", "/", "-o", "json"]].concat());
+    let (code, out) = check(
+        &[
+            &TO_API[..],
+            &["--method", "DELETE", "--path", "/", "-o", "json"],
+        ]
+        .concat(),
+    );
     assert_eq!(code, Some(1));
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     let a = &v[0];
@@ -98,7 +181,16 @@ fn json_output_carries_the_verdict_and_each_side() {
 #[test]
 fn bad_arguments_exit_2() {
     let out = Command::new(env!("CARGO_BIN_EXE_palisade"))
-        .args(["check", "tests/check-input", "--from", "shop/frontend", "--to", "shop/api", "--port", "nope"])
+        .args([
+            "check",
+            "tests/check-input",
+            "--from",
+            "shop/frontend",
+            "--to",
+            "shop/api",
+            "--port",
+            "nope",
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));

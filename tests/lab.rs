@@ -45,14 +45,24 @@ fn differences(observed: &[Observed]) -> Vec<String> {
 fn assert_as_simulated(lab: &Lab) -> usize {
     let observed = lab.probe_all().expect("probing");
     let differ = differences(&observed);
-    assert!(differ.is_empty(), "flows differ from simulate:\n{}", differ.join("\n"));
-    observed.iter().filter(|o| o.observed == Some(false)).count()
+    assert!(
+        differ.is_empty(),
+        "flows differ from simulate:\n{}",
+        differ.join("\n")
+    );
+    observed
+        .iter()
+        .filter(|o| o.observed == Some(false))
+        .count()
 }
 
 fn ip_of(lab: &Lab, pod: &str, v6: bool) -> IpAddr {
     let (ns, name) = pod.split_once('/').unwrap();
     let p = lab.cluster().pod(ns, name).unwrap();
-    *p.ips.iter().find(|ip| ip.is_ipv6() == v6).expect("the pod has such an address")
+    *p.ips
+        .iter()
+        .find(|ip| ip.is_ipv6() == v6)
+        .expect("the pod has such an address")
 }
 
 /// A metric's value from a proxy's /metrics, summed over label sets containing `labels`.
@@ -81,7 +91,10 @@ fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> Option<Durat
 fn three_tier_example_holds_for_real() {
     let lab = lab(&["examples/three-tier"]);
     let denied = assert_as_simulated(&lab);
-    assert!(denied >= 10, "the three-tier policies deny most flows; only {denied} were denied");
+    assert!(
+        denied >= 10,
+        "the three-tier policies deny most flows; only {denied} were denied"
+    );
 }
 
 #[test]
@@ -100,11 +113,26 @@ fn denied_flows_are_logged_with_their_reason() {
     assert_eq!(tcp["reason"], "no-rule-matched");
     assert_eq!(tcp["dst"], "10.60.0.2:80");
     assert!(tcp["src"].as_str().unwrap().starts_with("10.60.0.3:"));
-    assert!(tcp["detail"].as_str().unwrap().contains("isolated by x/b-from-a"), "{tcp}");
-    assert!(log.iter().any(|l| l["protocol"] == "UDP" && l["action"] == "deny"));
+    assert!(
+        tcp["detail"]
+            .as_str()
+            .unwrap()
+            .contains("isolated by x/b-from-a"),
+        "{tcp}"
+    );
+    assert!(log
+        .iter()
+        .any(|l| l["protocol"] == "UDP" && l["action"] == "deny"));
     // Allowed flows are not logged by default; denied ones are counted by action.
     assert!(log.iter().all(|l| l["action"] != "allow"));
-    assert!(metric(&lab, "x/b", "palisade_flows_total", &["action=\"deny\"", "direction=\"inbound\""]) >= 2.0);
+    assert!(
+        metric(
+            &lab,
+            "x/b",
+            "palisade_flows_total",
+            &["action=\"deny\"", "direction=\"inbound\""]
+        ) >= 2.0
+    );
     assert!(metric(&lab, "x/b", "palisade_flows_total", &["action=\"allow\""]) >= 1.0);
     assert!(metric(&lab, "x/b", "palisade_policy_version", &[]) > 0.0);
 }
@@ -114,13 +142,22 @@ fn a_service_address_is_judged_against_the_backend_it_reaches() {
     let lab = lab(&["tests/lab/service"]);
     let vip = |port| SocketAddr::new("10.96.61.10".parse().unwrap(), port);
     // The client's egress allows the api pod on 8080: the Service's port 80 leads there.
-    assert!(lab.probe_addr("shop/client", vip(80), Protocol::Tcp, "shop/api").unwrap());
-    assert!(lab.probe_addr("shop/client", vip(53), Protocol::Udp, "shop/api").unwrap());
+    assert!(lab
+        .probe_addr("shop/client", vip(80), Protocol::Tcp, "shop/api")
+        .unwrap());
+    assert!(lab
+        .probe_addr("shop/client", vip(53), Protocol::Udp, "shop/api")
+        .unwrap());
     // `other` reaches the Service too, but the api pod's ingress refuses it.
-    assert!(!lab.probe_addr("shop/other", vip(80), Protocol::Tcp, "shop/api").unwrap());
+    assert!(!lab
+        .probe_addr("shop/other", vip(80), Protocol::Tcp, "shop/api")
+        .unwrap());
     let denied = lab.flow_log("shop/api");
     assert!(
-        denied.iter().any(|l| l["src"].as_str().unwrap().starts_with("10.61.0.3:") && l["dst"] == "10.61.0.1:8080"),
+        denied
+            .iter()
+            .any(|l| l["src"].as_str().unwrap().starts_with("10.61.0.3:")
+                && l["dst"] == "10.61.0.1:8080"),
         "the api pod judged the backend port: {denied:?}"
     );
     assert_as_simulated(&lab);
@@ -139,11 +176,18 @@ fn the_outbound_proxy_picks_the_backend_and_never_lets_a_cluster_ip_through_unju
     // Now the egress rule names the Service's port, 80, which is not the backend's: denied.
     let vip = SocketAddr::new("10.96.61.10".parse().unwrap(), 80);
     let denied = eventually(Duration::from_secs(3), || {
-        !lab.probe_addr("shop/client", vip, Protocol::Tcp, "shop/api").unwrap()
+        !lab.probe_addr("shop/client", vip, Protocol::Tcp, "shop/api")
+            .unwrap()
     });
-    assert!(denied.is_some(), "a rule on the Service port must not allow the backend port");
+    assert!(
+        denied.is_some(),
+        "a rule on the Service port must not allow the backend port"
+    );
     let log = lab.flow_log("shop/client");
-    let line = log.iter().find(|l| l["action"] == "deny").expect("the client's proxy logs the denial");
+    let line = log
+        .iter()
+        .find(|l| l["action"] == "deny")
+        .expect("the client's proxy logs the denial");
     assert_eq!(line["service"], "shop/api");
     assert_eq!(line["dst"], "10.61.0.1:8080");
 }
@@ -160,7 +204,14 @@ fn audit_mode_lets_would_deny_flows_through_and_counts_them() {
         .find(|l| l["direction"] == "ingress")
         .expect("would-deny is logged");
     assert_eq!(line["action"], "would-deny");
-    assert!(metric(&lab, "y/b", "palisade_flows_total", &["action=\"would-deny\""]) >= 1.0);
+    assert!(
+        metric(
+            &lab,
+            "y/b",
+            "palisade_flows_total",
+            &["action=\"would-deny\""]
+        ) >= 1.0
+    );
     // A staged deny-all in an enforcing namespace: passes too, and says why.
     assert!(lab.probe("y/a", "z/c", 80, Protocol::Tcp).unwrap());
     let staged = lab
@@ -199,10 +250,16 @@ fn a_policy_change_reaches_open_and_new_connections_within_a_second() {
         );
         assert!(changed.elapsed() < Duration::from_secs(1));
     });
-    assert!(!lab.probe("x/a", "x/b", 80, Protocol::Tcp).unwrap(), "new connections are denied");
+    assert!(
+        !lab.probe("x/a", "x/b", 80, Protocol::Tcp).unwrap(),
+        "new connections are denied"
+    );
     assert!(metric(&lab, "x/b", "palisade_flows_closed_by_policy_total", &[]) >= 1.0);
     let closed = lab.flow_log("x/b");
-    assert!(closed.iter().any(|l| l["event"] == "closed-by-policy"), "{closed:?}");
+    assert!(
+        closed.iter().any(|l| l["event"] == "closed-by-policy"),
+        "{closed:?}"
+    );
 }
 
 #[test]
@@ -211,17 +268,31 @@ fn the_last_policy_stays_in_force_while_the_controller_is_away() {
     lab.stop_controller();
     std::thread::sleep(Duration::from_millis(300));
     for _ in 0..3 {
-        assert!(lab.probe("x/a", "x/b", 80, Protocol::Tcp).unwrap(), "allowed flows keep flowing");
-        assert!(!lab.probe("x/c", "x/b", 80, Protocol::Tcp).unwrap(), "denied flows stay denied");
+        assert!(
+            lab.probe("x/a", "x/b", 80, Protocol::Tcp).unwrap(),
+            "allowed flows keep flowing"
+        );
+        assert!(
+            !lab.probe("x/c", "x/b", 80, Protocol::Tcp).unwrap(),
+            "denied flows stay denied"
+        );
     }
     // Changed while the controller is away, applied once it is back: proxies reconnect.
     lab.write_manifest("zz-open.yaml", "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\n\
          metadata: {name: b-from-a, namespace: x}\nspec:\n  podSelector: {matchLabels: {app: b}}\n  ingress: [{}]\n")
         .unwrap();
-    assert!(!lab.probe("x/c", "x/b", 80, Protocol::Tcp).unwrap(), "no controller, no change");
+    assert!(
+        !lab.probe("x/c", "x/b", 80, Protocol::Tcp).unwrap(),
+        "no controller, no change"
+    );
     lab.start_controller().unwrap();
-    let applied = eventually(Duration::from_secs(10), || lab.probe("x/c", "x/b", 80, Protocol::Tcp).unwrap());
-    assert!(applied.is_some(), "the proxy resynchronises when the controller returns");
+    let applied = eventually(Duration::from_secs(10), || {
+        lab.probe("x/c", "x/b", 80, Protocol::Tcp).unwrap()
+    });
+    assert!(
+        applied.is_some(),
+        "the proxy resynchronises when the controller returns"
+    );
     assert!(metric(&lab, "x/b", "palisade_policy_stream_errors_total", &[]) >= 1.0);
 }
 
@@ -268,21 +339,38 @@ fn bypass_attempts_fail() {
     let b6 = ip_of(&lab, "x/b", true);
     // Another uid than the proxy's gets no way around it, whatever the port looks like.
     for port in [80, 7401, 7402, 7403, 7490] {
-        assert!(!connect_as(&lab, "x/c", 1000, SocketAddr::new(b4, port), false), "uid 1000 to b:{port}");
+        assert!(
+            !connect_as(&lab, "x/c", 1000, SocketAddr::new(b4, port), false),
+            "uid 1000 to b:{port}"
+        );
     }
-    assert!(!connect_as(&lab, "x/c", 1000, SocketAddr::new(b4, 81), true), "uid 1000, UDP");
+    assert!(
+        !connect_as(&lab, "x/c", 1000, SocketAddr::new(b4, 81), true),
+        "uid 1000, UDP"
+    );
     // IPv6 is enforced like IPv4: denied for c, allowed for a.
-    assert!(!lab.probe_addr("x/c", SocketAddr::new(b6, 80), Protocol::Tcp, "x/b").unwrap());
-    assert!(!lab.probe_addr("x/c", SocketAddr::new(b6, 81), Protocol::Udp, "x/b").unwrap());
-    assert!(lab.probe_addr("x/a", SocketAddr::new(b6, 80), Protocol::Tcp, "x/b").unwrap());
-    assert!(lab.probe_addr("x/a", SocketAddr::new(b6, 81), Protocol::Udp, "x/b").unwrap());
+    assert!(!lab
+        .probe_addr("x/c", SocketAddr::new(b6, 80), Protocol::Tcp, "x/b")
+        .unwrap());
+    assert!(!lab
+        .probe_addr("x/c", SocketAddr::new(b6, 81), Protocol::Udp, "x/b")
+        .unwrap());
+    assert!(lab
+        .probe_addr("x/a", SocketAddr::new(b6, 80), Protocol::Tcp, "x/b")
+        .unwrap());
+    assert!(lab
+        .probe_addr("x/a", SocketAddr::new(b6, 81), Protocol::Udp, "x/b")
+        .unwrap());
     // UDP to a denied peer is dropped.
     assert!(!lab.probe("x/c", "x/b", 81, Protocol::Udp).unwrap());
     // The proxy's own ports cannot be reached from another pod, even where ingress is open
     // (a is not isolated): nobody gets to speak to a listener directly.
     let a4 = ip_of(&lab, "x/a", false);
     for port in [7401, 7402, 7403, 7490] {
-        let reached = lab.runtime().block_on(agent::open(lab.netns("x/c").unwrap(), SocketAddr::new(a4, port)));
+        let reached = lab.runtime().block_on(agent::open(
+            lab.netns("x/c").unwrap(),
+            SocketAddr::new(a4, port),
+        ));
         assert!(reached.is_err(), "c reached a's proxy port {port}");
     }
 }
@@ -296,19 +384,31 @@ fn a_flood_past_the_descriptor_limit_leaves_the_proxy_serving() {
     lab.runtime().block_on(async {
         // Each relayed connection costs the proxy two sockets and two pipes: 100 of them
         // are far past 64 descriptors. Held open, bounded in count and time.
-        let opens = (0..100).map(|_| tokio::time::timeout(Duration::from_secs(1), agent::open(ns, b)));
+        let opens =
+            (0..100).map(|_| tokio::time::timeout(Duration::from_secs(1), agent::open(ns, b)));
         let held: Vec<_> = futures_util::future::join_all(opens)
             .await
             .into_iter()
             .filter_map(|r| r.ok()?.ok())
             .collect();
-        assert!(held.len() < 100, "the limit must bite for this test to mean anything");
+        assert!(
+            held.len() < 100,
+            "the limit must bite for this test to mean anything"
+        );
         drop(held);
     });
-    let recovered = eventually(Duration::from_secs(5), || lab.probe("x/a", "x/b", 80, Protocol::Tcp).unwrap());
-    assert!(recovered.is_some(), "the proxy serves again once descriptors are free");
+    let recovered = eventually(Duration::from_secs(5), || {
+        lab.probe("x/a", "x/b", 80, Protocol::Tcp).unwrap()
+    });
+    assert!(
+        recovered.is_some(),
+        "the proxy serves again once descriptors are free"
+    );
     assert!(metric(&lab, "x/b", "palisade_listener_errors_total", &[]) >= 1.0);
-    assert!(!lab.probe("x/c", "x/b", 80, Protocol::Tcp).unwrap(), "and still enforces");
+    assert!(
+        !lab.probe("x/c", "x/b", 80, Protocol::Tcp).unwrap(),
+        "and still enforces"
+    );
 }
 
 #[test]
@@ -323,7 +423,11 @@ fn clients_that_send_nothing_do_not_stall_the_proxy() {
                 .ok()
         })
         .collect();
-    assert!(silent.len() > 150, "the silent clients connected: {}", silent.len());
+    assert!(
+        silent.len() > 150,
+        "the silent clients connected: {}",
+        silent.len()
+    );
     for _ in 0..5 {
         assert!(lab.probe("x/a", "x/b", 80, Protocol::Tcp).unwrap());
         assert!(!lab.probe("x/c", "x/b", 80, Protocol::Tcp).unwrap());
@@ -355,7 +459,11 @@ fn serve_bad_stream(lab: &Lab, pod: &str, then: &'static [u8]) -> io::Result<()>
             let service = service_fn(move |_req| {
                 let mut body = good.clone();
                 body.extend_from_slice(then);
-                async move { Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(bytes::Bytes::from(body)).boxed())) }
+                async move {
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                        Full::new(bytes::Bytes::from(body)).boxed(),
+                    ))
+                }
             });
             tokio::spawn(
                 hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
@@ -370,10 +478,19 @@ fn serve_bad_stream(lab: &Lab, pod: &str, then: &'static [u8]) -> io::Result<()>
 fn a_controller_that_sends_garbage_changes_nothing() {
     let mut lab = lab(&["tests/lab/pair"]);
     lab.stop_controller();
-    serve_bad_stream(&lab, "x/b", b"{\"version\": 8, \"policy\": \"not a policy\"}\nthis is not json\n")
-        .expect("the fake controller");
+    serve_bad_stream(
+        &lab,
+        "x/b",
+        b"{\"version\": 8, \"policy\": \"not a policy\"}\nthis is not json\n",
+    )
+    .expect("the fake controller");
     let errors = eventually(Duration::from_secs(5), || {
-        metric(&lab, "x/b", "palisade_policy_stream_errors_total", &["reason=\"malformed\""]) >= 1.0
+        metric(
+            &lab,
+            "x/b",
+            "palisade_policy_stream_errors_total",
+            &["reason=\"malformed\""],
+        ) >= 1.0
     });
     assert!(errors.is_some(), "the proxy notices the malformed message");
     for _ in 0..3 {

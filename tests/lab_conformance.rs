@@ -51,7 +51,11 @@ fn conformance_cases_hold_through_real_proxies() {
             hold: Duration::from_secs(2),
         })
         .unwrap_or_else(|e| panic!("building the lab for {case}: {e:#}"));
-        assert!(lab.report().errors.is_empty(), "{case}: {:?}", lab.report().errors);
+        assert!(
+            lab.report().errors.is_empty(),
+            "{case}: {:?}",
+            lab.report().errors
+        );
         let observed = lab.probe_all().expect("probing");
         probed += observed.iter().filter(|o| o.observed.is_some()).count();
         for o in observed.iter().filter(|o| o.differs()) {
@@ -72,5 +76,8 @@ fn conformance_cases_hold_through_real_proxies() {
         failures.len(),
         failures.join("\n")
     );
-    assert!(probed > 20 * 288, "every case probes its TCP and UDP flows: {probed}");
+    assert!(
+        probed > 20 * 288,
+        "every case probes its TCP and UDP flows: {probed}"
+    );
 }

@@ -21,12 +21,18 @@ pub fn manifest_files(path: &Path) -> io::Result<Vec<PathBuf>> {
     while let Some(dir) = dirs.pop() {
         for entry in std::fs::read_dir(&dir)? {
             let p = entry?.path();
-            if p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.')) {
+            if p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with('.'))
+            {
                 continue;
             }
             if p.is_dir() {
                 dirs.push(p);
-            } else if matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json")) {
+            } else if matches!(
+                p.extension().and_then(|e| e.to_str()),
+                Some("yaml" | "yml" | "json")
+            ) {
                 out.push(p);
             }
         }
@@ -95,7 +101,10 @@ impl FolderSource {
     pub fn read(&mut self) -> (Cluster, Report) {
         let mut report = Report::default();
         let mut good: BTreeMap<String, (String, Object)> = BTreeMap::new();
-        let keep = |what: &str, file: &str, report: &mut Report, good: &mut BTreeMap<String, (String, Object)>| {
+        let keep = |what: &str,
+                    file: &str,
+                    report: &mut Report,
+                    good: &mut BTreeMap<String, (String, Object)>| {
             if let Some(prev) = self.last_good.get(what) {
                 if !good.contains_key(what) {
                     report.notices.push(Notice {
@@ -123,7 +132,8 @@ impl FolderSource {
                 }
             };
             let entries = read_str(&text);
-            let unreadable = text.is_empty() && std::fs::metadata(&file).map_or(true, |m| m.len() > 0)
+            let unreadable = text.is_empty()
+                && std::fs::metadata(&file).map_or(true, |m| m.len() > 0)
                 || entries.iter().any(|e| matches!(e.read, Read::Syntax(_)));
             for entry in entries {
                 report.record(&name, &entry);

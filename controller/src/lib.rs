@@ -54,10 +54,15 @@ pub async fn run(config: Config) -> Result<(), ListenError> {
     let store = Arc::new(Store::default());
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .map_err(|source| ListenError { addr: config.listen, source })?;
+        .map_err(|source| ListenError {
+            addr: config.listen,
+            source,
+        })?;
     tokio::spawn(server::serve(listener, store.clone()));
     if let (Some(addr), Some(handle)) = (config.metrics, handle) {
-        let listener = metrics::bind(addr).await.map_err(|source| ListenError { addr, source })?;
+        let listener = metrics::bind(addr)
+            .await
+            .map_err(|source| ListenError { addr, source })?;
         tokio::spawn(metrics::serve(listener, handle));
     }
     tracing::info!(listen = %config.listen, source = ?config.source, "controller started");
@@ -75,7 +80,8 @@ pub async fn run(config: Config) -> Result<(), ListenError> {
                 let (cluster, report) = source.read();
                 let start = Instant::now();
                 let changed = store.update(&cluster);
-                ::metrics::histogram!(metrics::COMPILE_SECONDS).record(start.elapsed().as_secs_f64());
+                ::metrics::histogram!(metrics::COMPILE_SECONDS)
+                    .record(start.elapsed().as_secs_f64());
                 (source, Some((report, cluster.pods.len(), changed)))
             })
         };

@@ -33,8 +33,15 @@ pub fn install() -> Option<PrometheusHandle> {
     ::metrics::describe_gauge!(STREAMS, "Policy streams open now");
     ::metrics::describe_gauge!(PODS, "Pods with a compiled policy");
     ::metrics::describe_counter!(RELOADS, "Reads of the source, by result");
-    ::metrics::describe_gauge!(INVALID, "Objects rejected by the last read (their last valid version stays)");
-    ::metrics::describe_histogram!(COMPILE_SECONDS, ::metrics::Unit::Seconds, "Time to compile every pod's policy");
+    ::metrics::describe_gauge!(
+        INVALID,
+        "Objects rejected by the last read (their last valid version stays)"
+    );
+    ::metrics::describe_histogram!(
+        COMPILE_SECONDS,
+        ::metrics::Unit::Seconds,
+        "Time to compile every pod's policy"
+    );
     ::metrics::describe_counter!(CHANGES, "Pod policies that changed");
     Some(handle)
 }
@@ -51,14 +58,19 @@ pub async fn serve(listener: TcpListener, handle: PrometheusHandle) {
             let (status, body) = match req.uri().path() {
                 "/metrics" => (StatusCode::OK, handle.render()),
                 "/healthz" => (StatusCode::OK, "ok\n".to_owned()),
-                _ => (StatusCode::NOT_FOUND, "not found: try /metrics or /healthz\n".to_owned()),
+                _ => (
+                    StatusCode::NOT_FOUND,
+                    "not found: try /metrics or /healthz\n".to_owned(),
+                ),
             };
             let mut r = Response::new(Full::new(Bytes::from(body)));
             *r.status_mut() = status;
             async move { Ok::<_, Infallible>(r) }
         });
         tokio::spawn(async move {
-            let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
         });
     }
 }

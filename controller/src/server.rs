@@ -76,10 +76,16 @@ impl Drop for StreamGuard {
 
 fn respond(req: &Request<Incoming>, store: &Store) -> Response<Body> {
     let Some(pod) = req.uri().path().strip_prefix("/v1/policy/") else {
-        return plain(StatusCode::NOT_FOUND, "not found: ask for /v1/policy/{namespace}/{name}\n".into());
+        return plain(
+            StatusCode::NOT_FOUND,
+            "not found: ask for /v1/policy/{namespace}/{name}\n".into(),
+        );
     };
     if pod.split('/').count() != 2 || pod.split('/').any(str::is_empty) {
-        return plain(StatusCode::BAD_REQUEST, format!("{pod:?} is not namespace/name\n"));
+        return plain(
+            StatusCode::BAD_REQUEST,
+            format!("{pod:?} is not namespace/name\n"),
+        );
     }
     tracing::debug!(%pod, "proxy connected");
     // The body ends (and the receiver goes) when the proxy goes away.

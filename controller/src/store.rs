@@ -153,7 +153,10 @@ mod tests {
         assert_eq!(store.update(&cluster("")), 2);
         let a = store.subscribe("x/a");
         let b = store.subscribe("x/b");
-        let (va, vb) = (a.borrow().clone().unwrap().version, b.borrow().clone().unwrap().version);
+        let (va, vb) = (
+            a.borrow().clone().unwrap().version,
+            b.borrow().clone().unwrap().version,
+        );
         assert_eq!(store.update(&cluster("")), 0, "same state, no change");
         assert_eq!(store.update(&cluster(DENY_A)), 1, "only x/a is selected");
         let a2 = a.borrow().clone().unwrap();

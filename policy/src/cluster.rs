@@ -188,8 +188,12 @@ impl Cluster {
             *items = out;
         }
         last_wins(&mut self.pods, |p| (p.namespace.clone(), p.name.clone()));
-        last_wins(&mut self.services, |s| (s.namespace.clone(), s.name.clone()));
-        last_wins(&mut self.endpoint_slices, |s| (s.namespace.clone(), s.name.clone()));
+        last_wins(&mut self.services, |s| {
+            (s.namespace.clone(), s.name.clone())
+        });
+        last_wins(&mut self.endpoint_slices, |s| {
+            (s.namespace.clone(), s.name.clone())
+        });
         last_wins(&mut self.policies, |p| p.id.clone());
         let named: BTreeSet<String> = self
             .pods
@@ -212,7 +216,11 @@ impl Cluster {
             .pods
             .iter()
             .flat_map(|p| p.ips.iter().copied().chain(p.host_ip))
-            .chain(self.services.iter().flat_map(|s| s.cluster_ips.iter().copied()))
+            .chain(
+                self.services
+                    .iter()
+                    .flat_map(|s| s.cluster_ips.iter().copied()),
+            )
             .collect();
         let mut next = u32::from(ASSIGN_FROM);
         for pod in self.pods.iter_mut().filter(|p| p.ips.is_empty()) {
@@ -258,7 +266,10 @@ impl Cluster {
     /// Whether a namespace or pod asks for audit mode.
     pub fn pod_in_audit_mode(&self, pod: &Pod) -> bool {
         let audit = |a: &Labels| a.get(MODE_ANNOTATION).is_some_and(|m| m == "audit");
-        audit(&pod.annotations) || self.namespace(&pod.namespace).is_some_and(|n| audit(&n.annotations))
+        audit(&pod.annotations)
+            || self
+                .namespace(&pod.namespace)
+                .is_some_and(|n| audit(&n.annotations))
     }
 
     /// The backends of one port of a Service: from its EndpointSlices when there are any,
@@ -267,7 +278,9 @@ impl Cluster {
         let slices: Vec<&EndpointSlice> = self
             .endpoint_slices
             .iter()
-            .filter(|s| s.namespace == service.namespace && s.service.as_deref() == Some(&service.name))
+            .filter(|s| {
+                s.namespace == service.namespace && s.service.as_deref() == Some(&service.name)
+            })
             .collect();
         let mut out = BTreeSet::new();
         if !slices.is_empty() {
@@ -280,7 +293,10 @@ impl Cluster {
                     continue;
                 };
                 for ep in slice.endpoints.iter().filter(|e| e.ready) {
-                    out.extend(ep.addresses.iter().map(|&ip| Backend { ip, port: ep_port.port }));
+                    out.extend(ep.addresses.iter().map(|&ip| Backend {
+                        ip,
+                        port: ep_port.port,
+                    }));
                 }
             }
         } else if let Some(selector) = &service.selector {
@@ -306,6 +322,8 @@ impl Cluster {
 pub fn is_loopback(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => v4.is_loopback(),
-        IpAddr::V6(v6) => v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
     }
 }

@@ -75,7 +75,9 @@ impl<'c> Compiler<'c> {
                             if let Some(PortRef::Name(name)) = &port.spec.port {
                                 named_ports
                                     .entry((name.as_str(), port.spec.protocol))
-                                    .or_insert_with(|| Arc::new(named_port_map(cluster, name, port.spec.protocol)));
+                                    .or_insert_with(|| {
+                                        Arc::new(named_port_map(cluster, name, port.spec.protocol))
+                                    });
                             }
                         }
                     }
@@ -116,15 +118,23 @@ impl<'c> Compiler<'c> {
         // A pod on the node's network cannot be given a proxy: nothing isolates it.
         let indexes = match pod.host_network {
             true => &[][..],
-            false => self.policies_by_ns.get(pod.namespace.as_str()).map_or(&[][..], Vec::as_slice),
+            false => self
+                .policies_by_ns
+                .get(pod.namespace.as_str())
+                .map_or(&[][..], Vec::as_slice),
         };
         for &pi in indexes {
             let policy = &self.cluster.policies[pi];
             if !policy.pod_selector.matches(&pod.labels) {
                 continue;
             }
-            for (d, dir) in [Direction::Ingress, Direction::Egress].into_iter().enumerate() {
-                let Some(rules) = policy.rules(dir) else { continue };
+            for (d, dir) in [Direction::Ingress, Direction::Egress]
+                .into_iter()
+                .enumerate()
+            {
+                let Some(rules) = policy.rules(dir) else {
+                    continue;
+                };
                 let side = match dir {
                     Direction::Ingress => &mut ingress,
                     Direction::Egress => &mut egress,
@@ -135,9 +145,9 @@ impl<'c> Compiler<'c> {
                     audit: policy.audit,
                 });
                 for (ri, rule) in rules.iter().enumerate() {
-                    let peers = self.peers[pi][d][ri].as_ref().map(|templates| {
-                        templates.iter().map(|t| instantiate(t, pod)).collect()
-                    });
+                    let peers = self.peers[pi][d][ri]
+                        .as_ref()
+                        .map(|templates| templates.iter().map(|t| instantiate(t, pod)).collect());
                     side.rules.push(CompiledRule {
                         policy: policy_index,
                         rule: ri as u32,
@@ -169,10 +179,9 @@ impl<'c> Compiler<'c> {
             Some(PortRef::Number(n)) => PortMatch::Range(*n, p.spec.end_port.unwrap_or(*n)),
             // Ingress: the destination is the selected pod itself.
             Some(PortRef::Name(name)) if dir == Direction::Ingress => {
-                let declared = pod
-                    .ports
-                    .iter()
-                    .find(|c| c.name.as_deref() == Some(name) && protocol.is_none_or(|p| p == c.protocol));
+                let declared = pod.ports.iter().find(|c| {
+                    c.name.as_deref() == Some(name) && protocol.is_none_or(|p| p == c.protocol)
+                });
                 match declared {
                     Some(c) => {
                         protocol = Some(c.protocol);
@@ -272,9 +281,13 @@ fn named_port_map(cluster: &Cluster, name: &str, protocol: Option<Protocol>) -> 
                 let port = pod
                     .ports
                     .iter()
-                    .find(|c| c.name.as_deref() == Some(name) && protocol.is_none_or(|p| p == c.protocol))
+                    .find(|c| {
+                        c.name.as_deref() == Some(name) && protocol.is_none_or(|p| p == c.protocol)
+                    })
                     .map(|c| c.port);
-                pod.ips.iter().filter_map(move |ip| port.map(|port| (*ip, port)))
+                pod.ips
+                    .iter()
+                    .filter_map(move |ip| port.map(|port| (*ip, port)))
             })
             .collect(),
     )
@@ -295,7 +308,11 @@ fn service_table(cluster: &Cluster) -> ServiceTable {
                     port: port.port,
                     protocol: port.protocol,
                     service: format!("{}/{}", svc.namespace, svc.name),
-                    backends: backends.iter().copied().filter(|(b, _)| b.is_ipv4() == ip.is_ipv4()).collect(),
+                    backends: backends
+                        .iter()
+                        .copied()
+                        .filter(|(b, _)| b.is_ipv4() == ip.is_ipv4())
+                        .collect(),
                 });
             }
         }

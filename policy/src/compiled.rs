@@ -222,7 +222,11 @@ impl CompiledRule {
         let mut found = None;
         // Named ports are left unresolved only in egress rules, where the destination is
         // the peer; ingress rules have them resolved against the pod itself.
-        for p in self.ports.iter().filter(|p| p.matches(flow.peer, flow.port, flow.protocol)) {
+        for p in self
+            .ports
+            .iter()
+            .filter(|p| p.matches(flow.peer, flow.port, flow.protocol))
+        {
             if p.l7.is_empty() {
                 return Some(Some(p));
             }

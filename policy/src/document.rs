@@ -138,7 +138,10 @@ fn parse_one(text: &str, first_line: u32) -> Document {
     let root = match MarkedYaml::load_from_str(text) {
         Err(e) => Err(SyntaxError {
             line: e.marker().line() as u32 + shift,
-            message: format!("{} (in the document that starts at line {first_line})", e.info()),
+            message: format!(
+                "{} (in the document that starts at line {first_line})",
+                e.info()
+            ),
         }),
         Ok(docs) => match docs.into_iter().next() {
             None => Ok(None),
@@ -177,7 +180,10 @@ fn convert(y: &MarkedYaml<'_>, shift: u32) -> Result<Node, SyntaxError> {
                     other => {
                         return Err(SyntaxError {
                             line,
-                            message: format!("a mapping key must be a string, not {}", other.type_name()),
+                            message: format!(
+                                "a mapping key must be a string, not {}",
+                                other.type_name()
+                            ),
                         })
                     }
                 };
@@ -238,7 +244,13 @@ mod tests {
         let err = docs[1].root.as_ref().unwrap_err();
         assert!(err.line >= 3, "{err:?}");
         assert_eq!(
-            docs[2].root.as_ref().unwrap().as_ref().unwrap().get_str("kind"),
+            docs[2]
+                .root
+                .as_ref()
+                .unwrap()
+                .as_ref()
+                .unwrap()
+                .get_str("kind"),
             Some("B")
         );
     }

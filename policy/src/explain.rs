@@ -162,7 +162,12 @@ pub fn explain(cluster: &Cluster, q: &Question<'_>) -> Explanation {
     }
 }
 
-fn side(cluster: &Cluster, policy: &PodPolicy, flow: &Flow<'_>, request: Option<&dyn Request>) -> SideExplanation {
+fn side(
+    cluster: &Cluster,
+    policy: &PodPolicy,
+    flow: &Flow<'_>,
+    request: Option<&dyn Request>,
+) -> SideExplanation {
     let connection = decide(policy, flow);
     let verdict: Verdict = match request {
         Some(req) if connection.l7 => decide_http(policy, flow, req),
@@ -180,8 +185,9 @@ fn side(cluster: &Cluster, policy: &PodPolicy, flow: &Flow<'_>, request: Option<
                 .iter()
                 .filter(|r| r.policy as usize == pi)
                 .map(|r| {
-                    let model_rule: Option<&Rule> =
-                        model.and_then(|m| m.rules(flow.direction)).and_then(|rs| rs.get(r.rule as usize));
+                    let model_rule: Option<&Rule> = model
+                        .and_then(|m| m.rules(flow.direction))
+                        .and_then(|rs| rs.get(r.rule as usize));
                     let port = r.match_port(flow);
                     let matched_port = port.flatten();
                     RuleExplanation {

@@ -25,8 +25,9 @@ pub fn normalize(name: &str) -> String {
 
 fn valid_chars(s: &str, extra: &[u8]) -> bool {
     !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.' || extra.contains(&b))
+        && s.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.' || extra.contains(&b)
+        })
         && !s.contains("..")
 }
 

@@ -18,7 +18,11 @@ impl Anchored {
         let regex = Regex::new(&format!("^(?:{source})$")).map_err(|e| {
             // The regex crate draws a caret diagram over several lines; keep its last line.
             let text = e.to_string();
-            let last = text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or_default();
+            let last = text
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or_default();
             last.trim().trim_start_matches("error: ").to_owned()
         })?;
         Ok(Self {
@@ -73,7 +77,9 @@ impl HeaderMatch {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
         {
-            return Err(format!("{s:?} is not a header (\"Name\" or \"Name: value\")"));
+            return Err(format!(
+                "{s:?} is not a header (\"Name\" or \"Name: value\")"
+            ));
         }
         Ok(Self {
             name: name.to_ascii_lowercase(),
@@ -114,17 +120,22 @@ pub trait Request {
 impl HttpRule {
     /// Whether the request satisfies every field this rule sets.
     pub fn matches(&self, req: &dyn Request) -> bool {
-        self.method.as_ref().is_none_or(|m| m.is_match(req.method()))
+        self.method
+            .as_ref()
+            .is_none_or(|m| m.is_match(req.method()))
             && self.path.as_ref().is_none_or(|p| p.is_match(req.path()))
             && self
                 .host
                 .as_ref()
                 .is_none_or(|h| req.host().is_some_and(|v| h.is_match(v)))
-            && self.headers.iter().all(|h| match (req.header(&h.name), &h.value) {
-                (Some(_), None) => true,
-                (Some(got), Some(want)) => got == want,
-                (None, _) => false,
-            })
+            && self
+                .headers
+                .iter()
+                .all(|h| match (req.header(&h.name), &h.value) {
+                    (Some(_), None) => true,
+                    (Some(got), Some(want)) => got == want,
+                    (None, _) => false,
+                })
     }
 }
 

@@ -131,7 +131,16 @@ mod tests {
         for ok in ["http", "serve-80", "a", "dns-tcp", "abcdefghijklmno"] {
             assert!(is_valid_port_name(ok), "{ok}");
         }
-        for bad in ["", "80", "-http", "http-", "ht--tp", "HTTP", "abcdefghijklmnop", "h_p"] {
+        for bad in [
+            "",
+            "80",
+            "-http",
+            "http-",
+            "ht--tp",
+            "HTTP",
+            "abcdefghijklmnop",
+            "h_p",
+        ] {
             assert!(!is_valid_port_name(bad), "{bad}");
         }
     }

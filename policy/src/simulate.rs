@@ -140,7 +140,8 @@ pub fn simulate(cluster: &Cluster) -> Simulation {
             if i == j {
                 continue;
             }
-            let mut ports: Vec<(Protocol, u16)> = to.ports.iter().map(|p| (p.protocol, p.port)).collect();
+            let mut ports: Vec<(Protocol, u16)> =
+                to.ports.iter().map(|p| (p.protocol, p.port)).collect();
             ports.sort_by_key(|(proto, port)| (proto.as_str(), *port));
             ports.dedup();
             for (protocol, port) in ports {
@@ -151,7 +152,12 @@ pub fn simulate(cluster: &Cluster) -> Simulation {
         }
     }
     flows.sort_by(|a, b| {
-        (&a.from, &a.to, a.protocol.as_str(), a.port).cmp(&(&b.from, &b.to, b.protocol.as_str(), b.port))
+        (&a.from, &a.to, a.protocol.as_str(), a.port).cmp(&(
+            &b.from,
+            &b.to,
+            b.protocol.as_str(),
+            b.port,
+        ))
     });
     Simulation { flows }
 }

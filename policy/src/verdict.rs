@@ -160,16 +160,19 @@ impl fmt::Display for Reason {
 impl Side {
     /// Every rule that matches the flow, in order.
     pub fn matches<'p>(&'p self, flow: &'p Flow<'p>) -> impl Iterator<Item = RuleMatch<'p>> + 'p {
-        self.rules.iter().enumerate().filter_map(move |(index, rule)| {
-            let port = rule.match_port(flow)?;
-            let peer = rule.match_peer(flow)?;
-            Some(RuleMatch {
-                index,
-                rule,
-                peer,
-                port,
+        self.rules
+            .iter()
+            .enumerate()
+            .filter_map(move |(index, rule)| {
+                let port = rule.match_port(flow)?;
+                let peer = rule.match_peer(flow)?;
+                Some(RuleMatch {
+                    index,
+                    rule,
+                    peer,
+                    port,
+                })
             })
-        })
     }
 
     /// Whether an enforced policy isolates the pod in this direction.

@@ -35,25 +35,47 @@ pub async fn serve(listener: TcpListener, state: PolicyState, metrics: Option<Pr
     }
 }
 
-fn text(status: StatusCode, body: impl Into<Bytes>, content_type: &'static str) -> Response<Full<Bytes>> {
+fn text(
+    status: StatusCode,
+    body: impl Into<Bytes>,
+    content_type: &'static str,
+) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(body.into()));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
     r
 }
 
-fn respond(req: &Request<Incoming>, state: &PolicyState, metrics: Option<&PrometheusHandle>) -> Response<Full<Bytes>> {
+fn respond(
+    req: &Request<Incoming>,
+    state: &PolicyState,
+    metrics: Option<&PrometheusHandle>,
+) -> Response<Full<Bytes>> {
     const PLAIN: &str = "text/plain; charset=utf-8";
     match req.uri().path() {
         "/live" => text(StatusCode::OK, "live\n", PLAIN),
         "/ready" => match state.current() {
-            Some(s) => text(StatusCode::OK, format!("ready: policy version {}\n", s.version), PLAIN),
-            None => text(StatusCode::SERVICE_UNAVAILABLE, "not ready: no policy yet\n", PLAIN),
+            Some(s) => text(
+                StatusCode::OK,
+                format!("ready: policy version {}\n", s.version),
+                PLAIN,
+            ),
+            None => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not ready: no policy yet\n",
+                PLAIN,
+            ),
         },
         "/metrics" => match metrics {
             Some(m) => text(StatusCode::OK, m.render(), "text/plain; version=0.0.4"),
-            None => text(StatusCode::SERVICE_UNAVAILABLE, "metrics unavailable\n", PLAIN),
+            None => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "metrics unavailable\n",
+                PLAIN,
+            ),
         },
         "/policy" => match state.current() {
             Some(s) => match serde_json::to_vec_pretty(&*s) {
@@ -62,6 +84,10 @@ fn respond(req: &Request<Incoming>, state: &PolicyState, metrics: Option<&Promet
             },
             None => text(StatusCode::SERVICE_UNAVAILABLE, "no policy yet\n", PLAIN),
         },
-        _ => text(StatusCode::NOT_FOUND, "not found: try /live, /ready, /metrics or /policy\n", PLAIN),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: try /live, /ready, /metrics or /policy\n",
+            PLAIN,
+        ),
     }
 }

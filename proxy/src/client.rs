@@ -104,13 +104,20 @@ pub async fn run(config: Arc<Config>, state: PolicyState) {
 }
 
 /// One stream, until it ends; `received` is set once a policy arrived on it.
-async fn stream(config: &Config, state: &PolicyState, received: &mut bool) -> Result<(), StreamError> {
+async fn stream(
+    config: &Config,
+    state: &PolicyState,
+    received: &mut bool,
+) -> Result<(), StreamError> {
     let uri: Uri = config
         .controller
         .parse()
         .map_err(|_| StreamError::Address(config.controller.clone(), "not a URL"))?;
     if uri.scheme_str() != Some("http") {
-        return Err(StreamError::Address(config.controller.clone(), "only http:// is supported"));
+        return Err(StreamError::Address(
+            config.controller.clone(),
+            "only http:// is supported",
+        ));
     }
     let authority = uri
         .authority()
@@ -133,20 +140,30 @@ async fn stream(config: &Config, state: &PolicyState, received: &mut bool) -> Re
         let request = Request::get(format!("http://{authority}{}", stream_path(&config.pod)))
             .header(http::header::ACCEPT, "application/x-ndjson")
             .body(Empty::new())
-            .map_err(|_| StreamError::Address(config.controller.clone(), "cannot build a request"))?;
+            .map_err(|_| {
+                StreamError::Address(config.controller.clone(), "cannot build a request")
+            })?;
         let response = sender.send_request(request).await?;
         let status = response.status();
         let mut body = response.into_body();
         if status != StatusCode::OK {
-            let text = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            let text = body
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
             return Err(StreamError::Status {
                 status,
-                body: String::from_utf8_lossy(&text[..text.len().min(512)]).trim().to_owned(),
+                body: String::from_utf8_lossy(&text[..text.len().min(512)])
+                    .trim()
+                    .to_owned(),
             });
         }
         let mut pending = BytesMut::new();
         while let Some(frame) = body.frame().await {
-            let Ok(data) = frame?.into_data() else { continue };
+            let Ok(data) = frame?.into_data() else {
+                continue;
+            };
             pending.extend_from_slice(&data);
             while let Some(end) = pending.iter().position(|&b| b == b'\n') {
                 let line = pending.split_to(end + 1);

@@ -74,6 +74,12 @@ mod tests {
     fn nameservers_are_read_from_resolv_conf() {
         let text = "search svc.cluster.local\nnameserver 10.96.0.10\n# nameserver 1.1.1.1\nnameserver fe80::1%eth0\noptions ndots:5\n";
         let got = nameservers(text);
-        assert_eq!(got, vec!["10.96.0.10".parse::<IpAddr>().unwrap(), "fe80::1".parse().unwrap()]);
+        assert_eq!(
+            got,
+            vec![
+                "10.96.0.10".parse::<IpAddr>().unwrap(),
+                "fe80::1".parse().unwrap()
+            ]
+        );
     }
 }

@@ -42,7 +42,12 @@ pub async fn serve(socket: UdpSocket, judge: Judge) {
     }
 }
 
-async fn answer(judge: &Judge, socket: &UdpSocket, app: SocketAddr, query: &[u8]) -> std::io::Result<()> {
+async fn answer(
+    judge: &Judge,
+    socket: &UdpSocket,
+    app: SocketAddr,
+    query: &[u8],
+) -> std::io::Result<()> {
     let upstreams = &judge.config().dns_upstreams;
     let Some(&resolver) = upstreams
         .iter()
@@ -51,7 +56,7 @@ async fn answer(judge: &Judge, socket: &UdpSocket, app: SocketAddr, query: &[u8]
     else {
         return Ok(());
     };
-    let Ok((dst, service)) = judge.route(SocketAddr::new(resolver, 53), Protocol::Udp) else {
+    let Some((dst, service)) = judge.route(SocketAddr::new(resolver, 53), Protocol::Udp) else {
         return Ok(());
     };
     let flow = FlowInfo {
@@ -74,7 +79,9 @@ async fn answer(judge: &Judge, socket: &UdpSocket, app: SocketAddr, query: &[u8]
     let mut buf = vec![0u8; MAX_MESSAGE];
     let n = tokio::time::timeout(ANSWER_TIMEOUT, upstream.recv(&mut buf))
         .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "resolver did not answer"))??;
+        .map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "resolver did not answer")
+        })??;
     socket.send_to(&buf[..n], app).await?;
     Ok(())
 }

@@ -80,7 +80,9 @@ impl FlowLog {
 
     /// Queues a line.
     pub fn write(&self, entry: &Entry<'_>) {
-        let Ok(line) = serde_json::to_string(entry) else { return };
+        let Ok(line) = serde_json::to_string(entry) else {
+            return;
+        };
         if self.tx.try_send(line).is_err() {
             ::metrics::counter!(metrics::FLOW_LOG_DROPPED).increment(1);
         }

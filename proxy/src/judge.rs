@@ -105,20 +105,27 @@ impl Judge {
     }
 
     /// Where a pod's outbound flow to `dst` goes: a Service's backend (picked in turn, as
-    /// kube-proxy would spread them) or `dst` itself. `Err` when `dst` is a Service port
+    /// kube-proxy would spread them) or `dst` itself. `None` when `dst` is a Service port
     /// with no backend.
-    pub fn route(&self, dst: SocketAddr, protocol: Protocol) -> Result<(SocketAddr, Option<Arc<str>>), ()> {
+    pub fn route(
+        &self,
+        dst: SocketAddr,
+        protocol: Protocol,
+    ) -> Option<(SocketAddr, Option<Arc<str>>)> {
         let Some(snapshot) = self.state.current() else {
-            return Ok((dst, None));
+            return Some((dst, None));
         };
         let services = &snapshot.policy.services;
         match services.lookup(dst.ip(), dst.port(), protocol) {
-            None => Ok((dst, None)),
-            Some(entry) if entry.backends.is_empty() => Err(()),
+            None => Some((dst, None)),
+            Some(entry) if entry.backends.is_empty() => None,
             Some(entry) => {
                 let i = self.next_backend.fetch_add(1, Ordering::Relaxed) % entry.backends.len();
                 let (ip, port) = entry.backends[i];
-                Ok((SocketAddr::new(ip, port), Some(Arc::from(entry.service.as_str()))))
+                Some((
+                    SocketAddr::new(ip, port),
+                    Some(Arc::from(entry.service.as_str())),
+                ))
             }
         }
     }
@@ -151,7 +158,10 @@ impl Judge {
 
     fn without_policy(&self, flow: &FlowInfo) -> Judgement {
         let peer = flow.peer();
-        let action = if is_loopback(peer) || self.config.pod_ips.contains(&peer) || self.config.host_ip == Some(peer) {
+        let action = if is_loopback(peer)
+            || self.config.pod_ips.contains(&peer)
+            || self.config.host_ip == Some(peer)
+        {
             Action::Allow
         } else {
             match self.config.fail_mode {
@@ -175,16 +185,23 @@ impl Judge {
 
     /// Resolves when a new policy denies the open `flow` (it is re-judged on each one), and
     /// counts and logs that; never resolves if no policy does.
-    pub async fn until_denied(&self, flow: &FlowInfo, policies: &mut watch::Receiver<Current>) -> Judgement {
+    pub async fn until_denied(
+        &self,
+        flow: &FlowInfo,
+        policies: &mut watch::Receiver<Current>,
+    ) -> Judgement {
         loop {
             if policies.changed().await.is_err() {
                 // The policy state outlives every flow; there is nothing more to watch.
                 std::future::pending::<()>().await;
             }
-            let Some(snapshot) = policies.borrow_and_update().clone() else { continue };
+            let Some(snapshot) = policies.borrow_and_update().clone() else {
+                continue;
+            };
             let j = self.judge_with(&snapshot, flow);
             if j.action == Action::Deny {
-                ::metrics::counter!(metrics::CLOSED_BY_POLICY, "direction" => flow.label()).increment(1);
+                ::metrics::counter!(metrics::CLOSED_BY_POLICY, "direction" => flow.label())
+                    .increment(1);
                 self.log(flow, &j, Some("closed-by-policy"));
                 return j;
             }

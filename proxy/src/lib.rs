@@ -45,10 +45,17 @@ pub struct ListenError {
 
 fn tcp_listener(what: &'static str, addr: SocketAddr) -> Result<TcpListener, ListenError> {
     let err = |source| ListenError { what, addr, source };
-    let socket = if addr.is_ipv4() { TcpSocket::new_v4() } else { TcpSocket::new_v6() }.map_err(err)?;
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+    .map_err(err)?;
     socket.set_reuseaddr(true).map_err(err)?;
     if addr.is_ipv6() {
-        socket2::SockRef::from(&socket).set_only_v6(true).map_err(err)?;
+        socket2::SockRef::from(&socket)
+            .set_only_v6(true)
+            .map_err(err)?;
     }
     socket.bind(addr).map_err(err)?;
     socket.listen(4096).map_err(err)
@@ -62,7 +69,10 @@ fn ipv6_up() -> bool {
 /// Raises the soft limit on open files to the hard limit: every relayed connection costs
 /// two sockets and two pipes.
 fn raise_fd_limit() {
-    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: getrlimit/setrlimit read and write a live local struct.
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
@@ -98,7 +108,8 @@ pub async fn run(config: Config) -> Result<(), ListenError> {
             None
         }
     };
-    let mut families: Vec<(IpAddr, IpAddr)> = vec![(Ipv4Addr::UNSPECIFIED.into(), Ipv4Addr::LOCALHOST.into())];
+    let mut families: Vec<(IpAddr, IpAddr)> =
+        vec![(Ipv4Addr::UNSPECIFIED.into(), Ipv4Addr::LOCALHOST.into())];
     if ipv6 {
         families.push((Ipv6Addr::UNSPECIFIED.into(), Ipv6Addr::LOCALHOST.into()));
     }
@@ -119,7 +130,10 @@ pub async fn run(config: Config) -> Result<(), ListenError> {
         tokio::spawn(outbound::serve(dns_tcp, judge.clone()));
         tokio::spawn(dns::serve(dns_udp, judge.clone()));
         let Some(raw) = &raw else { continue };
-        for (direction, port) in [(Direction::Egress, config.outbound_port), (Direction::Ingress, config.inbound_port)] {
+        for (direction, port) in [
+            (Direction::Egress, config.outbound_port),
+            (Direction::Ingress, config.inbound_port),
+        ] {
             let addr = SocketAddr::new(any, port);
             match udp::bind_transparent(addr) {
                 Ok(socket) => {

@@ -40,16 +40,35 @@ pub fn install() -> Option<PrometheusHandle> {
 
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
-    describe_counter!(FLOWS, "New connections and UDP sessions judged, by direction, protocol and action");
+    describe_counter!(
+        FLOWS,
+        "New connections and UDP sessions judged, by direction, protocol and action"
+    );
     describe_counter!(BYTES, "Bytes relayed, by direction and action");
     describe_gauge!(OPEN, "Connections and UDP sessions open now");
-    describe_counter!(CLOSED_BY_POLICY, "Open flows closed because a new policy no longer allows them");
-    describe_histogram!(DECISION_SECONDS, metrics::Unit::Seconds, "Time to judge a flow");
-    describe_gauge!(POLICY_VERSION, "Version of the policy in force; 0 before the first");
+    describe_counter!(
+        CLOSED_BY_POLICY,
+        "Open flows closed because a new policy no longer allows them"
+    );
+    describe_histogram!(
+        DECISION_SECONDS,
+        metrics::Unit::Seconds,
+        "Time to judge a flow"
+    );
+    describe_gauge!(
+        POLICY_VERSION,
+        "Version of the policy in force; 0 before the first"
+    );
     describe_counter!(POLICY_UPDATES, "Policies received from the controller");
     describe_counter!(STREAM_ERRORS, "Problems with the policy stream, by reason");
-    describe_counter!(LISTENER_ERRORS, "Errors accepting or setting up flows, by listener and reason");
-    describe_counter!(FLOW_LOG_DROPPED, "Flow log lines dropped because the writer could not keep up");
+    describe_counter!(
+        LISTENER_ERRORS,
+        "Errors accepting or setting up flows, by listener and reason"
+    );
+    describe_counter!(
+        FLOW_LOG_DROPPED,
+        "Flow log lines dropped because the writer could not keep up"
+    );
 }
 
 /// Counts a judged flow.
@@ -64,6 +83,11 @@ pub fn counter_flow(flow: &crate::judge::FlowInfo, action: palisade_policy::verd
 }
 
 /// Counts the bytes a flow moved, when it ends.
-pub fn count_bytes(flow: &crate::judge::FlowInfo, action: palisade_policy::verdict::Action, bytes: u64) {
-    metrics::counter!(BYTES, "direction" => flow.label(), "action" => action.as_str()).increment(bytes);
+pub fn count_bytes(
+    flow: &crate::judge::FlowInfo,
+    action: palisade_policy::verdict::Action,
+    bytes: u64,
+) {
+    metrics::counter!(BYTES, "direction" => flow.label(), "action" => action.as_str())
+        .increment(bytes);
 }

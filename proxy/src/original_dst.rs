@@ -15,12 +15,18 @@ pub fn original_dst(stream: &TcpStream) -> io::Result<SocketAddr> {
     } else {
         sock.original_dst_v6()?
     };
-    let dst = addr
-        .as_socket()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "original destination is not an IP address"))?;
+    let dst = addr.as_socket().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            "original destination is not an IP address",
+        )
+    })?;
     // Without NAT the kernel reports the listener's own address: not a redirect.
     if dst == local {
-        return Err(io::Error::new(io::ErrorKind::NotFound, "connection was not redirected"));
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            "connection was not redirected",
+        ));
     }
     Ok(dst)
 }

@@ -56,20 +56,28 @@ pub struct OpenGuard(&'static str, &'static str);
 impl OpenGuard {
     /// Counts one more open flow.
     pub fn new(direction: &'static str, protocol: &'static str) -> Self {
-        ::metrics::gauge!(metrics::OPEN, "direction" => direction, "protocol" => protocol).increment(1.0);
+        ::metrics::gauge!(metrics::OPEN, "direction" => direction, "protocol" => protocol)
+            .increment(1.0);
         Self(direction, protocol)
     }
 }
 
 impl Drop for OpenGuard {
     fn drop(&mut self) {
-        ::metrics::gauge!(metrics::OPEN, "direction" => self.0, "protocol" => self.1).decrement(1.0);
+        ::metrics::gauge!(metrics::OPEN, "direction" => self.0, "protocol" => self.1)
+            .decrement(1.0);
     }
 }
 
 /// Relays an allowed connection until it ends, re-judging it whenever a new policy
 /// arrives and cutting it off (with resets both ways) if that policy denies it.
-pub async fn relay(judge: &Judge, flow: &FlowInfo, action: Action, mut client: TcpStream, mut upstream: TcpStream) {
+pub async fn relay(
+    judge: &Judge,
+    flow: &FlowInfo,
+    action: Action,
+    mut client: TcpStream,
+    mut upstream: TcpStream,
+) {
     let _open = OpenGuard::new(flow.label(), "TCP");
     let mut policies = judge.policies();
     let moved = {
@@ -83,7 +91,9 @@ pub async fn relay(judge: &Judge, flow: &FlowInfo, action: Action, mut client: T
         Some(Ok(moved)) => {
             metrics::count_bytes(flow, action, moved.forward + moved.backward);
         }
-        Some(Err(e)) => tracing::debug!(error = %e, src = %flow.src, dst = %flow.dst, "relay ended"),
+        Some(Err(e)) => {
+            tracing::debug!(error = %e, src = %flow.src, dst = %flow.dst, "relay ended")
+        }
         None => {
             reset_on_close(&client);
             reset_on_close(&upstream);

@@ -46,7 +46,13 @@ fn any(ip: IpAddr) -> IpAddr {
 
 /// Serves `port`/`protocol` in `ns` for every address family of `ips`, answering with
 /// `name`. Must be called inside the lab's runtime.
-pub fn serve(ns: &Netns, ips: &[IpAddr], port: u16, protocol: Protocol, name: &str) -> io::Result<()> {
+pub fn serve(
+    ns: &Netns,
+    ips: &[IpAddr],
+    port: u16,
+    protocol: Protocol,
+    name: &str,
+) -> io::Result<()> {
     let mut families: Vec<IpAddr> = ips.iter().map(|ip| any(*ip)).collect();
     families.dedup();
     for family in families {
@@ -70,7 +76,8 @@ pub fn serve(ns: &Netns, ips: &[IpAddr], port: u16, protocol: Protocol, name: &s
                 });
             }
             Protocol::Udp => {
-                let socket = UdpSocket::from_std(socket_in(ns, family, Type::DGRAM, Some(addr))?.into())?;
+                let socket =
+                    UdpSocket::from_std(socket_in(ns, family, Type::DGRAM, Some(addr))?.into())?;
                 let reply = name.to_owned();
                 tokio::spawn(async move {
                     let mut buf = [0u8; 512];
@@ -89,8 +96,12 @@ pub fn serve(ns: &Netns, ips: &[IpAddr], port: u16, protocol: Protocol, name: &s
 /// Whether a connection from inside `ns` to `dst` reaches the pod named `expect`.
 pub async fn probe(ns: &Netns, dst: SocketAddr, protocol: Protocol, expect: &str) -> bool {
     match protocol {
-        Protocol::Tcp => probe_tcp(ns, dst).await.is_ok_and(|answer| answer == expect),
-        Protocol::Udp => probe_udp(ns, dst).await.is_ok_and(|answer| answer == expect),
+        Protocol::Tcp => probe_tcp(ns, dst)
+            .await
+            .is_ok_and(|answer| answer == expect),
+        Protocol::Udp => probe_udp(ns, dst)
+            .await
+            .is_ok_and(|answer| answer == expect),
         Protocol::Sctp => false,
     }
 }
@@ -118,7 +129,12 @@ pub async fn open(ns: &Netns, dst: SocketAddr) -> io::Result<(BufReader<TcpStrea
 }
 
 async fn probe_udp(ns: &Netns, dst: SocketAddr) -> io::Result<String> {
-    let socket = socket_in(ns, dst.ip(), Type::DGRAM, Some(SocketAddr::new(any(dst.ip()), 0)))?;
+    let socket = socket_in(
+        ns,
+        dst.ip(),
+        Type::DGRAM,
+        Some(SocketAddr::new(any(dst.ip()), 0)),
+    )?;
     let socket = UdpSocket::from_std(socket.into())?;
     socket.connect(dst).await?;
     let mut buf = [0u8; 512];
@@ -147,7 +163,10 @@ pub async fn admin_get(ns: &Netns, path: &str) -> io::Result<(u16, String)> {
             .nth(1)
             .and_then(|s| s.parse().ok())
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no HTTP status"))?;
-        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
+        let body = text
+            .split_once("\r\n\r\n")
+            .map_or("", |(_, b)| b)
+            .to_owned();
         Ok((status, body))
     };
     tokio::time::timeout(Duration::from_secs(2), exchange)

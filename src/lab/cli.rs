@@ -73,8 +73,15 @@ fn print_table(lab: &Lab, observed: &[Observed]) -> usize {
         );
     }
     let sctp = observed.len() - probed;
-    let not_probed = if sctp > 0 { format!("; {sctp} SCTP flows not probed") } else { String::new() };
-    println!("{} of {probed} probed flows as expected{not_probed}", probed - differ.len());
+    let not_probed = if sctp > 0 {
+        format!("; {sctp} SCTP flows not probed")
+    } else {
+        String::new()
+    };
+    println!(
+        "{} of {probed} probed flows as expected{not_probed}",
+        probed - differ.len()
+    );
     differ.len()
 }
 

@@ -109,14 +109,21 @@ fn asks_for_injection(cluster: &Cluster, pod: &Pod) -> bool {
 /// Copies the manifests under `paths` into `into`, each path in a folder of its own.
 fn copy_manifests(paths: &[PathBuf], into: &Path) -> anyhow::Result<()> {
     for (i, path) in paths.iter().enumerate() {
-        let base = if path.is_dir() { path.as_path() } else { path.parent().unwrap_or(Path::new("")) };
-        for file in manifest_files(path).with_context(|| format!("cannot read {}", path.display()))? {
+        let base = if path.is_dir() {
+            path.as_path()
+        } else {
+            path.parent().unwrap_or(Path::new(""))
+        };
+        for file in
+            manifest_files(path).with_context(|| format!("cannot read {}", path.display()))?
+        {
             let rel = file.strip_prefix(base).unwrap_or(&file);
             let dest = into.join(i.to_string()).join(rel);
             if let Some(dir) = dest.parent() {
                 std::fs::create_dir_all(dir)?;
             }
-            std::fs::copy(&file, &dest).with_context(|| format!("cannot copy {}", file.display()))?;
+            std::fs::copy(&file, &dest)
+                .with_context(|| format!("cannot copy {}", file.display()))?;
         }
     }
     Ok(())
@@ -161,7 +168,11 @@ impl Lab {
     /// Builds the lab and waits until every proxy has its policy.
     pub fn start(options: LabOptions) -> anyhow::Result<Lab> {
         static COUNTER: AtomicU32 = AtomicU32::new(0);
-        let id = format!("{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
+        let id = format!(
+            "{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
         let workdir = WorkDir(std::env::temp_dir().join(format!("palisade-lab-{id}")));
         let manifests = workdir.0.join("manifests");
         std::fs::create_dir_all(&manifests)?;
@@ -173,7 +184,11 @@ impl Lab {
             .iter()
             .find_map(|p| p.host_ip)
             .unwrap_or(DEFAULT_NODE_IP.into());
-        if first.pods.iter().any(|p| !p.host_network && p.ips.contains(&node_ip)) {
+        if first
+            .pods
+            .iter()
+            .any(|p| !p.host_network && p.ips.contains(&node_ip))
+        {
             bail!("a pod has the node's address {node_ip}; give it another podIP");
         }
         // `~` sorts after every other name, so these objects are read last and win.
@@ -187,21 +202,27 @@ impl Lab {
             .build()?;
         runtime.spawn(async {
             use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+            let (Ok(mut int), Ok(mut term)) = (
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::terminate()),
+            ) else {
                 return;
             };
             tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
             INTERRUPTED.store(true, Ordering::Relaxed);
         });
 
-        let network = Network::build("plab", node_ip, &cluster.pods).context("building the lab's network")?;
+        let network =
+            Network::build("plab", node_ip, &cluster.pods).context("building the lab's network")?;
         network
             .translate_services(Compiler::new(&cluster).services())
             .context("translating Service addresses")?;
         let injected: BTreeSet<String> = cluster
             .pods
             .iter()
-            .filter(|p| !p.host_network && (!options.respect_injection || asks_for_injection(&cluster, p)))
+            .filter(|p| {
+                !p.host_network && (!options.respect_injection || asks_for_injection(&cluster, p))
+            })
             .map(Pod::key)
             .collect();
 
@@ -209,16 +230,21 @@ impl Lab {
             let _inside = runtime.enter();
             for pod in &cluster.pods {
                 let ns = network.netns_of(pod);
-                let mut ports: Vec<(Protocol, u16)> = pod.ports.iter().map(|c| (c.protocol, c.port)).collect();
+                let mut ports: Vec<(Protocol, u16)> =
+                    pod.ports.iter().map(|c| (c.protocol, c.port)).collect();
                 ports.sort();
                 ports.dedup();
                 for (protocol, port) in ports {
                     if injected.contains(&pod.key()) && PROXY_PORTS.contains(&port) {
-                        eprintln!("palisade lab: pod {} port {port} is the proxy's own; not served", pod.key());
+                        eprintln!(
+                            "palisade lab: pod {} port {port} is the proxy's own; not served",
+                            pod.key()
+                        );
                         continue;
                     }
-                    agent::serve(ns, &pod.ips, port, protocol, &pod.key())
-                        .with_context(|| format!("serving {port}/{protocol} in pod {}", pod.key()))?;
+                    agent::serve(ns, &pod.ips, port, protocol, &pod.key()).with_context(|| {
+                        format!("serving {port}/{protocol} in pod {}", pod.key())
+                    })?;
                 }
             }
         }
@@ -254,12 +280,18 @@ impl Lab {
                     bail!("interrupted");
                 }
                 let ns = self.netns(pod)?;
-                if matches!(self.runtime.block_on(agent::admin_get(ns, "/ready")), Ok((200, _))) {
+                if matches!(
+                    self.runtime.block_on(agent::admin_get(ns, "/ready")),
+                    Ok((200, _))
+                ) {
                     break;
                 }
                 if start.elapsed() > timeout {
-                    let log = std::fs::read_to_string(self.processes.proxy_log(pod)).unwrap_or_default();
-                    bail!("the proxy of pod {pod} was not ready after {timeout:?}; its log:\n{log}");
+                    let log =
+                        std::fs::read_to_string(self.processes.proxy_log(pod)).unwrap_or_default();
+                    bail!(
+                        "the proxy of pod {pod} was not ready after {timeout:?}; its log:\n{log}"
+                    );
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
@@ -299,8 +331,12 @@ impl Lab {
     }
 
     fn pod(&self, key: &str) -> anyhow::Result<&Pod> {
-        let (ns, name) = key.split_once('/').ok_or_else(|| anyhow!("{key:?} is not namespace/name"))?;
-        self.cluster.pod(ns, name).ok_or_else(|| anyhow!("no pod {key} in the lab"))
+        let (ns, name) = key
+            .split_once('/')
+            .ok_or_else(|| anyhow!("{key:?} is not namespace/name"))?;
+        self.cluster
+            .pod(ns, name)
+            .ok_or_else(|| anyhow!("no pod {key} in the lab"))
     }
 
     /// The lab's runtime, to run async work against the lab.
@@ -310,15 +346,32 @@ impl Lab {
 
     /// Whether a connection from pod `from` to `port`/`protocol` at `to` (a pod, or an
     /// address) gets through to a server answering as `expect`.
-    pub fn probe_addr(&self, from: &str, to: SocketAddr, protocol: Protocol, expect: &str) -> anyhow::Result<bool> {
+    pub fn probe_addr(
+        &self,
+        from: &str,
+        to: SocketAddr,
+        protocol: Protocol,
+        expect: &str,
+    ) -> anyhow::Result<bool> {
         let ns = self.netns(from)?;
-        Ok(self.runtime.block_on(agent::probe(ns, to, protocol, expect)))
+        Ok(self
+            .runtime
+            .block_on(agent::probe(ns, to, protocol, expect)))
     }
 
     /// Whether a connection from pod `from` to pod `to` on `port`/`protocol` gets through.
-    pub fn probe(&self, from: &str, to: &str, port: u16, protocol: Protocol) -> anyhow::Result<bool> {
+    pub fn probe(
+        &self,
+        from: &str,
+        to: &str,
+        port: u16,
+        protocol: Protocol,
+    ) -> anyhow::Result<bool> {
         let target = self.pod(to)?;
-        let ip = *target.ips.first().ok_or_else(|| anyhow!("pod {to} has no address"))?;
+        let ip = *target
+            .ips
+            .first()
+            .ok_or_else(|| anyhow!("pod {to} has no address"))?;
         self.probe_addr(from, SocketAddr::new(ip, port), protocol, to)
     }
 
@@ -334,11 +387,17 @@ impl Lab {
             let permits = permits.clone();
             tasks.push(async move {
                 if flow.protocol == Protocol::Sctp || interrupted() {
-                    return Observed { expected: flow, observed: None };
+                    return Observed {
+                        expected: flow,
+                        observed: None,
+                    };
                 }
                 let _permit = permits.acquire().await;
                 let observed = agent::probe(from, dst, flow.protocol, &flow.to).await;
-                Observed { expected: flow, observed: Some(observed) }
+                Observed {
+                    expected: flow,
+                    observed: Some(observed),
+                }
             });
         }
         let observed = self.runtime.block_on(futures_util::future::join_all(tasks));
@@ -356,7 +415,8 @@ impl Lab {
     /// Starts the controller again.
     pub fn start_controller(&mut self) -> anyhow::Result<()> {
         let ip = self.network.node_ip;
-        self.processes.start_controller(&self.network.node, ip, &self.manifests)?;
+        self.processes
+            .start_controller(&self.network.node, ip, &self.manifests)?;
         Ok(())
     }
 

@@ -32,7 +32,10 @@ fn sysctl(ns: &Netns, settings: &[&str]) -> io::Result<()> {
     if status.success() {
         Ok(())
     } else {
-        Err(io::Error::other(format!("sysctl {settings:?} failed in {}", ns.name())))
+        Err(io::Error::other(format!(
+            "sysctl {settings:?} failed in {}",
+            ns.name()
+        )))
     }
 }
 
@@ -59,8 +62,22 @@ impl Network {
             ],
         )?;
         node.ip(&["link", "add", "br0", "type", "bridge"])?;
-        node.ip(&["addr", "add", &format!("{node_ip}/{}", family_len(node_ip)), "dev", "br0"])?;
-        node.ip(&["-6", "addr", "add", &format!("{NODE_LINK_LOCAL}/64"), "dev", "br0", "nodad"])?;
+        node.ip(&[
+            "addr",
+            "add",
+            &format!("{node_ip}/{}", family_len(node_ip)),
+            "dev",
+            "br0",
+        ])?;
+        node.ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{NODE_LINK_LOCAL}/64"),
+            "dev",
+            "br0",
+            "nodad",
+        ])?;
         node.ip(&["link", "set", "br0", "up"])?;
 
         let mut network = Network {
@@ -70,25 +87,50 @@ impl Network {
         };
         for (i, pod) in pods.iter().filter(|p| !p.host_network).enumerate() {
             let ns = Netns::new(prefix)?;
-            sysctl(&ns, &["net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0"])?;
+            sysctl(
+                &ns,
+                &[
+                    "net.ipv6.conf.all.accept_dad=0",
+                    "net.ipv6.conf.default.accept_dad=0",
+                ],
+            )?;
             let port = format!("p{i}");
             veth(&network.node, &port, &ns, "eth0")?;
             network.node.ip(&["link", "set", &port, "master", "br0"])?;
             // The node is reached on the link; everything else goes through it.
             if node_ip.is_ipv4() {
                 ns.ip(&["route", "add", &format!("{node_ip}/32"), "dev", "eth0"])?;
-                ns.ip(&["route", "add", "default", "via", &node_ip.to_string(), "dev", "eth0"])?;
+                ns.ip(&[
+                    "route",
+                    "add",
+                    "default",
+                    "via",
+                    &node_ip.to_string(),
+                    "dev",
+                    "eth0",
+                ])?;
             }
             for ip in &pod.ips {
                 let cidr = format!("{ip}/{}", family_len(*ip));
                 match ip {
                     IpAddr::V4(_) => ns.ip(&["addr", "add", &cidr, "dev", "eth0"])?,
-                    IpAddr::V6(_) => ns.ip(&["-6", "addr", "add", &cidr, "dev", "eth0", "nodad"])?,
+                    IpAddr::V6(_) => {
+                        ns.ip(&["-6", "addr", "add", &cidr, "dev", "eth0", "nodad"])?
+                    }
                 }
                 network.node.ip(&["route", "add", &cidr, "dev", "br0"])?;
             }
             if pod.ips.iter().any(IpAddr::is_ipv6) {
-                ns.ip(&["-6", "route", "add", "default", "via", &NODE_LINK_LOCAL.to_string(), "dev", "eth0"])?;
+                ns.ip(&[
+                    "-6",
+                    "route",
+                    "add",
+                    "default",
+                    "via",
+                    &NODE_LINK_LOCAL.to_string(),
+                    "dev",
+                    "eth0",
+                ])?;
             }
             network.pods.insert(pod.key(), ns);
         }
@@ -104,15 +146,27 @@ impl Network {
     /// DNAT to one backend, picked at random.
     pub fn translate_services(&self, services: &ServiceTable) -> io::Result<()> {
         for v4 in [true, false] {
-            let mut rules = String::from("*nat\n:LAB-SERVICES - [0:0]\n-A PREROUTING -j LAB-SERVICES\n");
+            let mut rules =
+                String::from("*nat\n:LAB-SERVICES - [0:0]\n-A PREROUTING -j LAB-SERVICES\n");
             let mut any = false;
-            for e in services.entries().iter().filter(|e| e.ip.is_ipv4() == v4 && !e.backends.is_empty()) {
+            for e in services
+                .entries()
+                .iter()
+                .filter(|e| e.ip.is_ipv4() == v4 && !e.backends.is_empty())
+            {
                 any = true;
                 let n = e.backends.len();
                 for (i, (ip, port)) in e.backends.iter().enumerate() {
-                    let to = if ip.is_ipv4() { format!("{ip}:{port}") } else { format!("[{ip}]:{port}") };
+                    let to = if ip.is_ipv4() {
+                        format!("{ip}:{port}")
+                    } else {
+                        format!("[{ip}]:{port}")
+                    };
                     let chance = if i + 1 < n {
-                        format!("-m statistic --mode random --probability {:.5} ", 1.0 / (n - i) as f64)
+                        format!(
+                            "-m statistic --mode random --probability {:.5} ",
+                            1.0 / (n - i) as f64
+                        )
                     } else {
                         String::new()
                     };
@@ -128,15 +182,26 @@ impl Network {
             }
             rules.push_str("COMMIT\n");
             if any {
-                let program = if v4 { "iptables-restore" } else { "ip6tables-restore" };
-                let mut child = self.node.command(program).arg("--noflush").stdin(Stdio::piped()).spawn()?;
+                let program = if v4 {
+                    "iptables-restore"
+                } else {
+                    "ip6tables-restore"
+                };
+                let mut child = self
+                    .node
+                    .command(program)
+                    .arg("--noflush")
+                    .stdin(Stdio::piped())
+                    .spawn()?;
                 child
                     .stdin
                     .take()
                     .ok_or_else(|| io::Error::other("no stdin"))?
                     .write_all(rules.as_bytes())?;
                 if !child.wait()?.success() {
-                    return Err(io::Error::other(format!("{program} refused the Service rules:\n{rules}")));
+                    return Err(io::Error::other(format!(
+                        "{program} refused the Service rules:\n{rules}"
+                    )));
                 }
             }
         }

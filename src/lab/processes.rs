@@ -52,12 +52,16 @@ impl Processes {
     }
 
     fn log(&self, name: &str) -> io::Result<File> {
-        File::options().create(true).append(true).open(self.logs.join(name))
+        File::options()
+            .create(true)
+            .append(true)
+            .open(self.logs.join(name))
     }
 
     /// Where a pod's proxy writes its flow log.
     pub fn flow_log(&self, pod: &str) -> PathBuf {
-        self.logs.join(format!("{}.flows.jsonl", pod.replace('/', "_")))
+        self.logs
+            .join(format!("{}.flows.jsonl", pod.replace('/', "_")))
     }
 
     /// Where a pod's proxy writes its diagnostics.
@@ -66,7 +70,12 @@ impl Processes {
     }
 
     /// Starts the controller in the node, reading `manifests`.
-    pub fn start_controller(&mut self, node: &Netns, node_ip: IpAddr, manifests: &Path) -> io::Result<()> {
+    pub fn start_controller(
+        &mut self,
+        node: &Netns,
+        node_ip: IpAddr,
+        manifests: &Path,
+    ) -> io::Result<()> {
         let log = self.log("controller.log")?;
         let child = node
             .command(path_str(&self.binary)?)
@@ -140,8 +149,16 @@ impl Processes {
             ])
             .arg(&self.binary)
             .args(["proxy", "--pod", &key])
-            .args(["--controller", &format!("http://{node_ip}:{CONTROLLER_PORT}")])
-            .args(["--pod-ips", &ips.join(","), "--host-ip", &node_ip.to_string()])
+            .args([
+                "--controller",
+                &format!("http://{node_ip}:{CONTROLLER_PORT}"),
+            ])
+            .args([
+                "--pod-ips",
+                &ips.join(","),
+                "--host-ip",
+                &node_ip.to_string(),
+            ])
             .args(["--hold", &format!("{}ms", hold.as_millis())])
             .args(["--dns-upstreams", &node_ip.to_string()])
             .stdin(Stdio::null())
@@ -170,7 +187,12 @@ impl Processes {
     pub fn exited(&mut self) -> Vec<(String, String)> {
         self.proxies
             .iter_mut()
-            .filter_map(|(pod, c)| c.try_wait().ok().flatten().map(|s| (pod.clone(), s.to_string())))
+            .filter_map(|(pod, c)| {
+                c.try_wait()
+                    .ok()
+                    .flatten()
+                    .map(|s| (pod.clone(), s.to_string()))
+            })
             .collect()
     }
 }
@@ -185,6 +207,10 @@ impl Drop for Processes {
 }
 
 fn path_str(p: &Path) -> io::Result<&str> {
-    p.to_str()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the palisade binary's path is not UTF-8"))
+    p.to_str().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the palisade binary's path is not UTF-8",
+        )
+    })
 }

@@ -42,20 +42,41 @@ pub(crate) fn policy(obj: &Field<'_>, meta: &Meta, kind: PolicyKind, audit: bool
             } else {
                 format!("{}#{}", meta.name, i)
             };
-            one_spec(spec, meta, PolicyId { kind, namespace: meta.namespace.clone(), name }, audit)
+            one_spec(
+                spec,
+                meta,
+                PolicyId {
+                    kind,
+                    namespace: meta.namespace.clone(),
+                    name,
+                },
+                audit,
+            )
         })
         .collect()
 }
 
 fn one_spec(spec: &Field<'_>, meta: &Meta, id: PolicyId, audit: bool) -> Policy {
     spec.only(
-        &["endpointSelector", "ingress", "egress", "enableDefaultDeny", "description", "labels", "ingressDeny", "egressDeny", "nodeSelector"],
+        &[
+            "endpointSelector",
+            "ingress",
+            "egress",
+            "enableDefaultDeny",
+            "description",
+            "labels",
+            "ingressDeny",
+            "egressDeny",
+            "nodeSelector",
+        ],
         "a policy spec",
     );
     for unsupported in ["ingressDeny", "egressDeny", "nodeSelector"] {
         let f = spec.get(unsupported);
         if f.is_set() {
-            f.error(format!("{unsupported} is not supported by palisade; remove it"));
+            f.error(format!(
+                "{unsupported} is not supported by palisade; remove it"
+            ));
         }
     }
     let sel = spec.get("endpointSelector");
@@ -70,7 +91,11 @@ fn one_spec(spec: &Field<'_>, meta: &Meta, id: PolicyId, audit: bool) -> Policy 
     default_deny.only(&["ingress", "egress"], "enableDefaultDeny");
     let section = |dir: Direction| -> Option<Vec<Rule>> {
         let field = spec.get(dir.as_str());
-        let rules: Vec<Rule> = field.items().iter().map(|r| rule(r, dir, &meta.namespace)).collect();
+        let rules: Vec<Rule> = field
+            .items()
+            .iter()
+            .map(|r| rule(r, dir, &meta.namespace))
+            .collect();
         // As in Cilium: a direction is isolated when the policy has rules for it, unless
         // enableDefaultDeny turns that off (then the rules only add what they allow).
         let isolates = !rules.is_empty() && default_deny.get(dir.as_str()).bool().unwrap_or(true);
@@ -92,13 +117,33 @@ fn rule(r: &Field<'_>, dir: Direction, ns: &str) -> Rule {
         Direction::Ingress => ("fromEndpoints", "fromCIDR", "fromCIDRSet", "fromEntities"),
         Direction::Egress => ("toEndpoints", "toCIDR", "toCIDRSet", "toEntities"),
     };
-    let mut known = vec![endpoints_key, cidr_key, cidr_set_key, entities_key, "toPorts"];
+    let mut known = vec![
+        endpoints_key,
+        cidr_key,
+        cidr_set_key,
+        entities_key,
+        "toPorts",
+    ];
     if dir == Direction::Egress {
         known.push("toFQDNs");
     }
     let unsupported: &[&str] = match dir {
-        Direction::Ingress => &["fromRequires", "fromServices", "fromGroups", "fromNodes", "icmps", "authentication"],
-        Direction::Egress => &["toRequires", "toServices", "toGroups", "toNodes", "icmps", "authentication"],
+        Direction::Ingress => &[
+            "fromRequires",
+            "fromServices",
+            "fromGroups",
+            "fromNodes",
+            "icmps",
+            "authentication",
+        ],
+        Direction::Egress => &[
+            "toRequires",
+            "toServices",
+            "toGroups",
+            "toNodes",
+            "icmps",
+            "authentication",
+        ],
     };
     for key in unsupported {
         let f = r.get(key);
@@ -119,15 +164,23 @@ fn rule(r: &Field<'_>, dir: Direction, ns: &str) -> Rule {
     for (f, s) in r.get(cidr_key).strings() {
         named_any_peer = true;
         if let Some(cidr) = netpol::cidr(&f, s) {
-            peers.push(Peer::IpBlock(IpBlock { cidr, except: Vec::new() }));
+            peers.push(Peer::IpBlock(IpBlock {
+                cidr,
+                except: Vec::new(),
+            }));
         }
     }
     for f in r.get(cidr_set_key).items() {
         named_any_peer = true;
-        f.only(&["cidr", "except", "cidrGroupRef", "cidrGroupSelector"], "a CIDR set entry");
+        f.only(
+            &["cidr", "except", "cidrGroupRef", "cidrGroupSelector"],
+            "a CIDR set entry",
+        );
         for key in ["cidrGroupRef", "cidrGroupSelector"] {
             if f.get(key).is_set() {
-                f.get(key).error(format!("{key} is not supported by palisade; write the cidr"));
+                f.get(key).error(format!(
+                    "{key} is not supported by palisade; write the cidr"
+                ));
             }
         }
         if let Some(block) = netpol::ip_block(&f) {
@@ -169,7 +222,9 @@ fn rule(r: &Field<'_>, dir: Direction, ns: &str) -> Rule {
 
 /// Drops Cilium's label source prefix (`k8s:`, `any:`).
 fn strip_source(key: &str) -> &str {
-    key.strip_prefix("k8s:").or_else(|| key.strip_prefix("any:")).unwrap_or(key)
+    key.strip_prefix("k8s:")
+        .or_else(|| key.strip_prefix("any:"))
+        .unwrap_or(key)
 }
 
 /// The namespace label a Cilium pod-label key stands for, if it is one.
@@ -203,7 +258,10 @@ fn endpoints(f: &Field<'_>, ns: &str) -> (Namespaces, LabelSelector) {
     }
     for r in all.match_expressions {
         match namespace_key(&r.key) {
-            Some(nk) => namespaces.match_expressions.push(Requirement { key: nk.to_owned(), ..r }),
+            Some(nk) => namespaces.match_expressions.push(Requirement {
+                key: nk.to_owned(),
+                ..r
+            }),
             None => {
                 check_pod_key(&r.key);
                 pods.match_expressions.push(r);
@@ -226,7 +284,10 @@ fn fqdn(f: &Field<'_>) -> Option<NamePattern> {
     let result = match (name.str(), pattern.str()) {
         (Some(n), None) => NamePattern::name(n).map_err(|e| (name, e)),
         (None, Some(p)) => NamePattern::pattern(p).map_err(|e| (pattern, e)),
-        _ => Err((f.clone(), "needs exactly one of matchName and matchPattern".to_owned())),
+        _ => Err((
+            f.clone(),
+            "needs exactly one of matchName and matchPattern".to_owned(),
+        )),
     };
     result.map_err(|(field, e)| field.error(e)).ok()
 }
@@ -234,20 +295,38 @@ fn fqdn(f: &Field<'_>) -> Option<NamePattern> {
 /// Reads one `toPorts` entry: its ports, each carrying the entry's L7 rules.
 fn port_group(g: &Field<'_>) -> Vec<PortRule> {
     g.only(
-        &["ports", "rules", "serverNames", "originatingTLS", "terminatingTLS", "listener"],
+        &[
+            "ports",
+            "rules",
+            "serverNames",
+            "originatingTLS",
+            "terminatingTLS",
+            "listener",
+        ],
         "a toPorts entry",
     );
     for key in ["originatingTLS", "terminatingTLS", "listener"] {
         if g.get(key).is_set() {
-            g.get(key).error(format!("{key} is not supported by palisade; remove it"));
+            g.get(key)
+                .error(format!("{key} is not supported by palisade; remove it"));
         }
     }
     let l7 = l7(g);
     let specs: Vec<PortSpec> = match g.get("ports").list() {
         Some(ports) if !ports.is_empty() => ports.iter().filter_map(port).collect(),
-        _ => vec![PortSpec { protocol: None, port: None, end_port: None }],
+        _ => vec![PortSpec {
+            protocol: None,
+            port: None,
+            end_port: None,
+        }],
     };
-    specs.into_iter().map(|spec| PortRule { spec, l7: l7.clone() }).collect()
+    specs
+        .into_iter()
+        .map(|spec| PortRule {
+            spec,
+            l7: l7.clone(),
+        })
+        .collect()
 }
 
 fn port(p: &Field<'_>) -> Option<PortSpec> {
@@ -257,7 +336,9 @@ fn port(p: &Field<'_>) -> Option<PortSpec> {
         Some(s) => match Protocol::parse(s) {
             Some(proto) if s == proto.as_str() => Some(proto),
             _ => {
-                p.get("protocol").error(format!("{s:?} is not a protocol: use TCP, UDP, SCTP or ANY"));
+                p.get("protocol").error(format!(
+                    "{s:?} is not a protocol: use TCP, UDP, SCTP or ANY"
+                ));
                 return None;
             }
         },
@@ -265,7 +346,11 @@ fn port(p: &Field<'_>) -> Option<PortSpec> {
     let port_field = p.get("port");
     let port = match port_field.port_ref(true) {
         // Port "0" means every port in Cilium.
-        None if port_field.str() == Some("0") || matches!(port_field.value(), Some(crate::document::Value::Int(0))) => None,
+        None if port_field.str() == Some("0")
+            || matches!(port_field.value(), Some(crate::document::Value::Int(0))) =>
+        {
+            None
+        }
         None if port_field.is_set() => return None,
         other => other,
     };
@@ -286,7 +371,11 @@ fn port(p: &Field<'_>) -> Option<PortSpec> {
     } else {
         None
     };
-    Some(PortSpec { protocol, port, end_port })
+    Some(PortSpec {
+        protocol,
+        port,
+        end_port,
+    })
 }
 
 fn l7(g: &Field<'_>) -> L7 {
@@ -294,14 +383,20 @@ fn l7(g: &Field<'_>) -> L7 {
     rules.only(&["http", "dns", "kafka", "l7proto", "l7"], "toPorts rules");
     for key in ["kafka", "l7proto", "l7"] {
         if rules.get(key).is_set() {
-            rules.get(key).error(format!("{key} rules are not supported by palisade; remove them"));
+            rules.get(key).error(format!(
+                "{key} rules are not supported by palisade; remove them"
+            ));
         }
     }
-    let http = rules.get("http").list().map(|items| {
-        items.iter().map(http_rule).collect::<Arc<[HttpRule]>>()
-    });
+    let http = rules
+        .get("http")
+        .list()
+        .map(|items| items.iter().map(http_rule).collect::<Arc<[HttpRule]>>());
     let dns = rules.get("dns").list().map(|items| {
-        items.iter().filter_map(fqdn).collect::<Arc<[NamePattern]>>()
+        items
+            .iter()
+            .filter_map(fqdn)
+            .collect::<Arc<[NamePattern]>>()
     });
     let server_names = g.get("serverNames").list().map(|items| {
         items
@@ -318,11 +413,18 @@ fn l7(g: &Field<'_>) -> L7 {
             })
             .collect::<Arc<[String]>>()
     });
-    L7 { http, dns, server_names }
+    L7 {
+        http,
+        dns,
+        server_names,
+    }
 }
 
 fn http_rule(h: &Field<'_>) -> HttpRule {
-    h.only(&["method", "path", "host", "headers", "headerMatches"], "an HTTP rule");
+    h.only(
+        &["method", "path", "host", "headers", "headerMatches"],
+        "an HTTP rule",
+    );
     if h.get("headerMatches").is_set() {
         h.get("headerMatches")
             .error("headerMatches is not supported by palisade; use headers: [\"Name: value\"]");

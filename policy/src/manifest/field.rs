@@ -69,7 +69,9 @@ impl<'a> Field<'a> {
 
     /// The field's value, unless it is missing or null.
     pub(crate) fn value(&self) -> Option<&'a Value> {
-        self.node.map(|n| &n.value).filter(|v| !matches!(v, Value::Null))
+        self.node
+            .map(|n| &n.value)
+            .filter(|v| !matches!(v, Value::Null))
     }
 
     /// Whether the field is present and not null.
@@ -213,9 +215,11 @@ impl<'a> Field<'a> {
     pub(crate) fn port_ref(&self, quoted_numbers: bool) -> Option<PortRef> {
         match self.value()? {
             Value::Int(i) => self.check_port(*i).map(PortRef::Number),
-            Value::Str(s) if quoted_numbers && s.bytes().all(|b| b.is_ascii_digit()) => {
-                s.parse::<i64>().ok().and_then(|i| self.check_port(i)).map(PortRef::Number)
-            }
+            Value::Str(s) if quoted_numbers && s.bytes().all(|b| b.is_ascii_digit()) => s
+                .parse::<i64>()
+                .ok()
+                .and_then(|i| self.check_port(i))
+                .map(PortRef::Number),
             Value::Str(s) if crate::ports::is_valid_port_name(s) => Some(PortRef::Name(s.clone())),
             Value::Str(s) => {
                 self.error(format!(

@@ -5,7 +5,8 @@ use std::net::IpAddr;
 
 use super::field::Field;
 use crate::cluster::{
-    Endpoint, EndpointPort, EndpointSlice, Namespace, Pod, Service, ServicePort, NAMESPACE_NAME_LABEL,
+    Endpoint, EndpointPort, EndpointSlice, Namespace, Pod, Service, ServicePort,
+    NAMESPACE_NAME_LABEL,
 };
 use crate::ports::{ContainerPort, PortRef};
 use crate::selector::{LabelSelector, Labels, Operator, Requirement};
@@ -57,7 +58,9 @@ pub(crate) fn check_label_key(key: &str) -> Result<(), String> {
             && p.len() <= 253
             && p.split('.').all(|part| {
                 !part.is_empty()
-                    && part.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                    && part
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
                     && !part.starts_with('-')
                     && !part.ends_with('-')
             });
@@ -117,13 +120,18 @@ pub(crate) fn selector_with(f: &Field<'_>, key: &dyn Fn(&str) -> &str) -> LabelS
     }
     let mut match_expressions = Vec::new();
     for e in f.get("matchExpressions").items() {
-        e.only(&["key", "operator", "values"], "a label selector requirement");
+        e.only(
+            &["key", "operator", "values"],
+            "a label selector requirement",
+        );
         let key = key(e.get("key").required_str().unwrap_or_default());
         if let Err(msg) = check_label_key(key) {
             e.get("key").error(msg);
         }
         let op_field = e.get("operator");
-        let Some(op) = op_field.required_str() else { continue };
+        let Some(op) = op_field.required_str() else {
+            continue;
+        };
         let Some(operator) = Operator::parse(op) else {
             op_field.error(format!(
                 "{op:?} is not an operator: use In, NotIn, Exists or DoesNotExist"
@@ -131,7 +139,11 @@ pub(crate) fn selector_with(f: &Field<'_>, key: &dyn Fn(&str) -> &str) -> LabelS
             continue;
         };
         let values_field = e.get("values");
-        let values: Vec<String> = values_field.strings().into_iter().map(|(_, s)| s.to_owned()).collect();
+        let values: Vec<String> = values_field
+            .strings()
+            .into_iter()
+            .map(|(_, s)| s.to_owned())
+            .collect();
         match operator {
             Operator::In | Operator::NotIn if values.is_empty() => {
                 values_field.error(format!("{op} needs at least one value"));
@@ -192,7 +204,9 @@ pub(crate) fn pod(obj: &Field<'_>) -> Pod {
             if !number.is_set() {
                 number.error("is required");
             }
-            let Some(port) = number.port_number() else { continue };
+            let Some(port) = number.port_number() else {
+                continue;
+            };
             let name = p.get("name").str().map(str::to_owned);
             if let Some(n) = &name {
                 if !crate::ports::is_valid_port_name(n) {
@@ -209,7 +223,12 @@ pub(crate) fn pod(obj: &Field<'_>) -> Pod {
             });
         }
     }
-    let mut ips: Vec<IpAddr> = status.get("podIPs").items().iter().filter_map(|i| ip(&i.get("ip"))).collect();
+    let mut ips: Vec<IpAddr> = status
+        .get("podIPs")
+        .items()
+        .iter()
+        .filter_map(|i| ip(&i.get("ip")))
+        .collect();
     if let Some(primary) = ip(&status.get("podIP")) {
         if !ips.contains(&primary) {
             ips.insert(0, primary);
@@ -262,7 +281,9 @@ pub(crate) fn service(obj: &Field<'_>) -> Service {
             t if t.is_set() => t.port_ref(false),
             _ => Some(PortRef::Number(port)),
         };
-        let Some(target_port) = target_port else { continue };
+        let Some(target_port) = target_port else {
+            continue;
+        };
         ports.push(ServicePort {
             name: p.get("name").str().map(str::to_owned),
             port,
@@ -283,9 +304,15 @@ pub(crate) fn endpoint_slice(obj: &Field<'_>) -> EndpointSlice {
     let meta = meta(obj);
     let mut ports = Vec::new();
     for p in obj.get("ports").items() {
-        let Some(port) = p.get("port").port_number() else { continue };
+        let Some(port) = p.get("port").port_number() else {
+            continue;
+        };
         ports.push(EndpointPort {
-            name: p.get("name").str().filter(|n| !n.is_empty()).map(str::to_owned),
+            name: p
+                .get("name")
+                .str()
+                .filter(|n| !n.is_empty())
+                .map(str::to_owned),
             port,
             protocol: p.get("protocol").protocol(),
         });

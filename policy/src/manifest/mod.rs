@@ -216,7 +216,8 @@ pub fn read_object(node: &Node) -> Read {
             "Namespace" => format!("{kind} {name}"),
             _ => format!(
                 "{kind} {}/{name}",
-                meta.and_then(|m| m.get_str("namespace")).unwrap_or("default")
+                meta.and_then(|m| m.get_str("namespace"))
+                    .unwrap_or("default")
             ),
         }
     };

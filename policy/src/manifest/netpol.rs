@@ -6,13 +6,19 @@ use ipnet::IpNet;
 use super::field::Field;
 use super::kube::{self, Meta};
 use crate::peer::{IpBlock, Namespaces, Peer};
-use crate::policy::{PolicyId, PolicyKind, Policy, PortRule, Rule, L7};
+use crate::policy::{Policy, PolicyId, PolicyKind, PortRule, Rule, L7};
 use crate::ports::{PortRef, PortSpec};
 
 pub(crate) fn network_policy(obj: &Field<'_>, meta: &Meta, audit: bool) -> Policy {
-    obj.only(&["apiVersion", "kind", "metadata", "spec", "status"], "a NetworkPolicy");
+    obj.only(
+        &["apiVersion", "kind", "metadata", "spec", "status"],
+        "a NetworkPolicy",
+    );
     let spec = obj.get("spec");
-    spec.only(&["podSelector", "policyTypes", "ingress", "egress"], "a NetworkPolicy spec");
+    spec.only(
+        &["podSelector", "policyTypes", "ingress", "egress"],
+        "a NetworkPolicy spec",
+    );
     let pod_selector = kube::selector(&spec.get("podSelector"));
     let ns = meta.namespace.as_str();
 
@@ -43,7 +49,9 @@ pub(crate) fn network_policy(obj: &Field<'_>, meta: &Meta, audit: bool) -> Polic
             "Ingress" => std::mem::replace(&mut affects_ingress, true),
             "Egress" => std::mem::replace(&mut affects_egress, true),
             other => {
-                f.error(format!("{other:?} is not a policy type: use Ingress or Egress"));
+                f.error(format!(
+                    "{other:?} is not a policy type: use Ingress or Egress"
+                ));
                 false
             }
         };
@@ -68,7 +76,11 @@ pub(crate) fn network_policy(obj: &Field<'_>, meta: &Meta, audit: bool) -> Polic
 fn rule(r: &Field<'_>, peers_key: &str, ns: &str) -> Rule {
     r.only(&[peers_key, "ports"], "a rule");
     let peers_field = r.get(peers_key);
-    let peers: Vec<Peer> = peers_field.items().iter().filter_map(|p| peer(p, ns)).collect();
+    let peers: Vec<Peer> = peers_field
+        .items()
+        .iter()
+        .filter_map(|p| peer(p, ns))
+        .collect();
     let ports = r.get("ports").items().iter().filter_map(port).collect();
     Rule {
         // A missing or empty `from`/`to` matches every peer.
@@ -115,9 +127,16 @@ pub(crate) fn ip_block(f: &Field<'_>) -> Option<IpBlock> {
     let cidr = cidr(&cidr_field, cidr_field.required_str()?)?;
     let mut except = Vec::new();
     for (ef, s) in f.get("except").strings() {
-        let Some(e) = self::cidr(&ef, s) else { continue };
-        if e.addr().is_ipv4() != cidr.addr().is_ipv4() || !cidr.contains(&e) || e.prefix_len() <= cidr.prefix_len() {
-            ef.error(format!("{e} is not strictly inside the block's cidr {cidr}"));
+        let Some(e) = self::cidr(&ef, s) else {
+            continue;
+        };
+        if e.addr().is_ipv4() != cidr.addr().is_ipv4()
+            || !cidr.contains(&e)
+            || e.prefix_len() <= cidr.prefix_len()
+        {
+            ef.error(format!(
+                "{e} is not strictly inside the block's cidr {cidr}"
+            ));
             continue;
         }
         except.push(e);

@@ -37,7 +37,12 @@ fn transparent_socket(addr: SocketAddr) -> io::Result<Socket> {
     Ok(socket)
 }
 
-fn set_int(socket: &Socket, level: libc::c_int, option: libc::c_int, value: libc::c_int) -> io::Result<()> {
+fn set_int(
+    socket: &Socket,
+    level: libc::c_int,
+    option: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
     // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from a live local.
     let r = unsafe {
         libc::setsockopt(
@@ -56,9 +61,14 @@ fn set_int(socket: &Socket, level: libc::c_int, option: libc::c_int, value: libc
 }
 
 /// Receives one datagram: its length, its source, and the destination it was sent to.
-pub(super) async fn recv_original(socket: &UdpSocket, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, SocketAddr)> {
+pub(super) async fn recv_original(
+    socket: &UdpSocket,
+    buf: &mut [u8],
+) -> io::Result<(usize, SocketAddr, SocketAddr)> {
     socket
-        .async_io(Interest::READABLE, || recvmsg_original(socket.as_raw_fd(), buf))
+        .async_io(Interest::READABLE, || {
+            recvmsg_original(socket.as_raw_fd(), buf)
+        })
         .await
 }
 
@@ -84,8 +94,13 @@ fn recvmsg_original(fd: i32, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, S
         return Err(io::Error::last_os_error());
     }
     // SAFETY: recvmsg filled `name` with `msg_namelen` bytes of a socket address.
-    let src = unsafe { sockaddr_to_std(name.as_ptr().cast(), msg.msg_namelen) }
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "datagram without a source address"))?;
+    let src =
+        unsafe { sockaddr_to_std(name.as_ptr().cast(), msg.msg_namelen) }.ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                "datagram without a source address",
+            )
+        })?;
     let mut dst = None;
     // SAFETY: the CMSG_* macros walk the control buffer recvmsg filled, within controllen.
     unsafe {
@@ -101,7 +116,12 @@ fn recvmsg_original(fd: i32, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, S
             cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
         }
     }
-    let dst = dst.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "datagram without its original destination"))?;
+    let dst = dst.ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            "datagram without its original destination",
+        )
+    })?;
     Ok((n as usize, src, dst))
 }
 
@@ -138,4 +158,3 @@ unsafe fn sockaddr_to_std(addr: *const libc::sockaddr, len: libc::socklen_t) -> 
         _ => None,
     }
 }
-

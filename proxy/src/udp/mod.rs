@@ -142,7 +142,7 @@ async fn outbound(
     mut rx: mpsc::Receiver<Bytes>,
 ) -> io::Result<()> {
     let (app, asked) = key;
-    let Ok((dst, service)) = judge.route(asked, Protocol::Udp) else {
+    let Some((dst, service)) = judge.route(asked, Protocol::Udp) else {
         return Ok(());
     };
     let flow = FlowInfo {

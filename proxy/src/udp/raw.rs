@@ -34,7 +34,11 @@ impl RawSender {
     pub fn open(ipv6: bool) -> io::Result<Self> {
         Ok(Self {
             v4: raw_socket(libc::AF_INET)?,
-            v6: if ipv6 { Some(raw_socket(libc::AF_INET6)?) } else { None },
+            v6: if ipv6 {
+                Some(raw_socket(libc::AF_INET6)?)
+            } else {
+                None
+            },
         })
     }
 
@@ -46,8 +50,9 @@ impl RawSender {
         let mut header = [0u8; 48];
         let (fd, len) = match (src.ip(), dst.ip()) {
             (IpAddr::V4(s), IpAddr::V4(d)) => {
-                let total = u16::try_from(20 + udp_len as usize)
-                    .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "datagram too large"))?;
+                let total = u16::try_from(20 + udp_len as usize).map_err(|_| {
+                    io::Error::new(io::ErrorKind::InvalidInput, "datagram too large")
+                })?;
                 header[0] = 0x45;
                 header[2..4].copy_from_slice(&total.to_be_bytes());
                 header[6] = 0x40; // don't fragment
@@ -56,8 +61,18 @@ impl RawSender {
                 // The kernel fills in the IPv4 header checksum and identification.
                 header[12..16].copy_from_slice(&s.octets());
                 header[16..20].copy_from_slice(&d.octets());
-                let mut sum = sum16(&s.octets()) + sum16(&d.octets()) + libc::IPPROTO_UDP as u32 + udp_len as u32;
-                write_udp(&mut header[20..28], src.port(), dst.port(), udp_len, &mut sum, payload);
+                let mut sum = sum16(&s.octets())
+                    + sum16(&d.octets())
+                    + libc::IPPROTO_UDP as u32
+                    + udp_len as u32;
+                write_udp(
+                    &mut header[20..28],
+                    src.port(),
+                    dst.port(),
+                    udp_len,
+                    &mut sum,
+                    payload,
+                );
                 (self.v4.as_raw_fd(), 28)
             }
             (IpAddr::V6(s), IpAddr::V6(d)) => {
@@ -71,11 +86,26 @@ impl RawSender {
                 header[7] = 64; // hop limit
                 header[8..24].copy_from_slice(&s.octets());
                 header[24..40].copy_from_slice(&d.octets());
-                let mut sum = sum16(&s.octets()) + sum16(&d.octets()) + libc::IPPROTO_UDP as u32 + udp_len as u32;
-                write_udp(&mut header[40..48], src.port(), dst.port(), udp_len, &mut sum, payload);
+                let mut sum = sum16(&s.octets())
+                    + sum16(&d.octets())
+                    + libc::IPPROTO_UDP as u32
+                    + udp_len as u32;
+                write_udp(
+                    &mut header[40..48],
+                    src.port(),
+                    dst.port(),
+                    udp_len,
+                    &mut sum,
+                    payload,
+                );
                 (fd.as_raw_fd(), 48)
             }
-            _ => return Err(io::Error::new(io::ErrorKind::InvalidInput, "mixed address families")),
+            _ => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "mixed address families",
+                ))
+            }
         };
         send_parts(fd, dst, &header[..len], payload)
     }
@@ -103,7 +133,10 @@ fn write_udp(out: &mut [u8], sport: u16, dport: u16, len: u16, sum: &mut u32, pa
 /// not yet folded.
 fn sum16(bytes: &[u8]) -> u32 {
     let mut chunks = bytes.chunks_exact(2);
-    let mut sum: u32 = chunks.by_ref().map(|c| u16::from_be_bytes([c[0], c[1]]) as u32).sum();
+    let mut sum: u32 = chunks
+        .by_ref()
+        .map(|c| u16::from_be_bytes([c[0], c[1]]) as u32)
+        .sum();
     if let [last] = chunks.remainder() {
         sum += (*last as u32) << 8;
     }
