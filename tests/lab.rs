@@ -503,3 +503,31 @@ fn a_controller_that_sends_garbage_changes_nothing() {
     let policy: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(policy["version"], 7, "the last good policy stays in force");
 }
+
+#[test]
+fn a_port_allowed_only_under_http_rules_is_refused_until_content_is_inspected() {
+    let lab = lab(&["tests/lab/pair"]);
+    lab.write_manifest(
+        "zz-http.yaml",
+        "apiVersion: palisade.dev/v1alpha1\nkind: PalisadePolicy\nmetadata: {name: b-http-from-c, namespace: x}\n\
+         spec:\n  endpointSelector: {matchLabels: {app: b}}\n  ingress:\n  - fromEndpoints: [{matchLabels: {app: c}}]\n    \
+         toPorts: [{ports: [{port: \"80\", protocol: TCP}], rules: {http: [{method: GET, path: \"/.*\"}]}}]\n",
+    )
+    .unwrap();
+    // c is allowed to b only by HTTP rules, which the proxy does not inspect yet: refused,
+    // never let through whole. (c was denied before the change too, for another reason.)
+    let refused = eventually(Duration::from_secs(3), || {
+        assert!(!lab.probe("x/c", "x/b", 80, Protocol::Tcp).unwrap());
+        lab.flow_log("x/b")
+            .iter()
+            .any(|l| l["reason"] == "l7-not-inspected")
+    });
+    assert!(
+        refused.is_some(),
+        "the refusal is logged with its reason: {:?}",
+        lab.flow_log("x/b")
+    );
+    assert!(!lab.probe("x/c", "x/b", 80, Protocol::Tcp).unwrap());
+    // a is allowed by an L4 rule on the same port: that allows the connection outright.
+    assert!(lab.probe("x/a", "x/b", 80, Protocol::Tcp).unwrap());
+}

@@ -170,7 +170,7 @@ fn side(
 ) -> SideExplanation {
     let connection = decide(policy, flow);
     let verdict: Verdict = match request {
-        Some(req) if connection.l7 => decide_http(policy, flow, req),
+        Some(req) if connection.inspect.http => decide_http(policy, flow, req),
         _ => connection,
     };
     let side = policy.side(flow.direction);
@@ -226,7 +226,7 @@ fn side(
         direction: flow.direction,
         action: verdict.action,
         reason: verdict.describe(policy, flow),
-        l7: verdict.l7,
+        l7: verdict.inspect.any(),
         policies,
     }
 }

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::cluster::is_loopback;
 use crate::compiled::{Flow, Mode, PodPolicy, RuleMatch, Side};
 use crate::http::Request;
+use crate::policy::L7;
 
 /// What happens to a flow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -65,6 +66,33 @@ pub enum Reason {
     StagedNoRuleMatched,
 }
 
+/// What the content of a connection must be checked for, when only rules with L7
+/// conditions allow it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Inspect {
+    /// HTTP requests, against `rules.http`.
+    pub http: bool,
+    /// DNS query names, against `rules.dns`.
+    pub dns: bool,
+    /// The TLS server name, against `serverNames`.
+    pub tls: bool,
+}
+
+impl Inspect {
+    fn of(l7: Option<&L7>) -> Self {
+        l7.map_or_else(Self::default, |l7| Self {
+            http: l7.http.is_some(),
+            dns: l7.dns.is_some(),
+            tls: l7.server_names.is_some(),
+        })
+    }
+
+    /// Whether anything must be checked.
+    pub fn any(self) -> bool {
+        self.http || self.dns || self.tls
+    }
+}
+
 /// A verdict on a flow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Verdict {
@@ -72,9 +100,9 @@ pub struct Verdict {
     pub action: Action,
     /// Why.
     pub reason: Reason,
-    /// The connection is allowed only by rules with L7 conditions (HTTP, DNS names or TLS
-    /// server names), which must be checked on its content.
-    pub l7: bool,
+    /// What the connection's content must be checked for: set when only rules with L7
+    /// conditions allow it.
+    pub inspect: Inspect,
 }
 
 impl Verdict {
@@ -82,7 +110,7 @@ impl Verdict {
         Self {
             action: Action::Allow,
             reason,
-            l7: false,
+            inspect: Inspect::default(),
         }
     }
 
@@ -95,7 +123,7 @@ impl Verdict {
                 peer: m.peer,
                 http,
             },
-            l7: m.l7().is_some(),
+            inspect: Inspect::of(m.l7()),
         }
     }
 
@@ -215,7 +243,7 @@ fn no_rule(policy: &PodPolicy, side: &Side, staged_allowed: bool) -> Verdict {
     Verdict {
         action,
         reason,
-        l7: false,
+        inspect: Inspect::default(),
     }
 }
 
@@ -262,7 +290,7 @@ pub fn decide_http(policy: &PodPolicy, flow: &Flow<'_>, request: &dyn Request) -
             Some(_) if side.is_staged(&m) => staged_allowed = true,
             Some(h) => {
                 return Verdict {
-                    l7: false,
+                    inspect: Inspect::default(),
                     ..Verdict::from_match(&m, h)
                 }
             }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use palisade_policy::cluster::is_loopback;
-use palisade_policy::compiled::Flow;
+use palisade_policy::compiled::{Flow, Mode};
 use palisade_policy::policy::Direction;
 use palisade_policy::ports::Protocol;
 use palisade_policy::verdict::{decide, Action, Verdict};
@@ -72,6 +72,9 @@ pub struct Judgement {
     pub verdict: Option<Verdict>,
     /// The policy judged against.
     pub snapshot: Option<Arc<Snapshot>>,
+    /// Refused because only rules with HTTP or TLS conditions allow it, and this proxy
+    /// does not inspect content yet: it never lets through more than the policy allows.
+    pub uninspected: bool,
 }
 
 /// Judges flows for every listener.
@@ -149,10 +152,18 @@ impl Judge {
         let start = Instant::now();
         let verdict = decide(&snapshot.policy, &flow.as_flow());
         ::metrics::histogram!(metrics::DECISION_SECONDS).record(start.elapsed().as_secs_f64());
+        let uninspected =
+            verdict.action == Action::Allow && (verdict.inspect.http || verdict.inspect.tls);
+        let action = match (uninspected, snapshot.policy.mode) {
+            (false, _) => verdict.action,
+            (true, Mode::Enforce) => Action::Deny,
+            (true, Mode::Audit) => Action::WouldDeny,
+        };
         Judgement {
-            action: verdict.action,
+            action,
             verdict: Some(verdict),
             snapshot: Some(snapshot.clone()),
+            uninspected,
         }
     }
 
@@ -173,6 +184,7 @@ impl Judge {
             action,
             verdict: None,
             snapshot: None,
+            uninspected: false,
         }
     }
 
@@ -211,6 +223,14 @@ impl Judge {
     /// Writes the flow log line for a verdict; `event` says why when it is not a new flow.
     pub fn log(&self, flow: &FlowInfo, j: &Judgement, event: Option<&'static str>) {
         let (reason, detail) = match (&j.verdict, &j.snapshot) {
+            (Some(v), Some(s)) if j.uninspected => (
+                "l7-not-inspected".to_owned(),
+                format!(
+                    "{}, which asks for HTTP rules or TLS server names; this proxy does not \
+                     inspect content yet, so it refuses rather than allow more",
+                    v.describe(&s.policy, &flow.as_flow())
+                ),
+            ),
             (Some(v), Some(s)) => (v.reason.to_string(), v.describe(&s.policy, &flow.as_flow())),
             _ => (
                 "no-policy".to_owned(),
