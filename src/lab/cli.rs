@@ -88,7 +88,7 @@ fn print_table(lab: &Lab, observed: &[Observed]) -> usize {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        bail!("the lab creates network namespaces and needs root: run it with sudo");
+        bail!("the lab creates network namespaces and needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN): run it as root");
     }
     let options = LabOptions {
         paths: args.paths,
