@@ -8,18 +8,23 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use palisade::lab::{agent, Lab, LabOptions, Observed};
+use palisade::lab::{agent, Lab, LabOptions, Observed, ProxyOptions};
 use palisade_policy::ports::Protocol;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
-fn lab(paths: &[&str]) -> Lab {
-    Lab::start(LabOptions {
+const BINARY: &str = env!("CARGO_BIN_EXE_palisade");
+
+fn options(paths: &[&str]) -> LabOptions {
+    LabOptions {
         paths: paths.iter().map(PathBuf::from).collect(),
         respect_injection: false,
-        binary: PathBuf::from(env!("CARGO_BIN_EXE_palisade")),
+        binary: PathBuf::from(BINARY),
         hold: Duration::from_secs(2),
-    })
-    .expect("building the lab (needs root)")
+    }
+}
+
+fn lab(paths: &[&str]) -> Lab {
+    Lab::start(options(paths)).expect("building the lab (needs root)")
 }
 
 fn differences(observed: &[Observed]) -> Vec<String> {
@@ -307,7 +312,7 @@ fn a_pod_whose_proxy_is_down_fails_closed_never_open() {
     assert!(!lab.probe("x/a", "x/b", 81, Protocol::Udp).unwrap());
     assert!(!lab.probe("x/b", "x/a", 80, Protocol::Tcp).unwrap());
     assert!(!lab.probe("x/b", "x/a", 81, Protocol::Udp).unwrap());
-    lab.start_proxy("x/b", None).unwrap();
+    lab.start_proxy("x/b").unwrap();
     assert!(lab.probe("x/a", "x/b", 80, Protocol::Tcp).unwrap());
     assert!(lab.probe("x/b", "x/a", 81, Protocol::Udp).unwrap());
     assert!(!lab.probe("x/c", "x/b", 80, Protocol::Tcp).unwrap());
@@ -378,7 +383,12 @@ fn bypass_attempts_fail() {
 #[test]
 fn a_flood_past_the_descriptor_limit_leaves_the_proxy_serving() {
     let mut lab = lab(&["tests/lab/pair"]);
-    lab.start_proxy("x/b", Some(64)).unwrap();
+    let limited = ProxyOptions {
+        max_files: Some(64),
+        ..options(&[]).proxy()
+    };
+    lab.start_proxy_with("x/b", &limited).unwrap();
+    lab.wait_ready(Duration::from_secs(10)).unwrap();
     let b = SocketAddr::new(ip_of(&lab, "x/b", false), 80);
     let ns = lab.netns("x/a").unwrap();
     lab.runtime().block_on(async {
@@ -530,4 +540,177 @@ fn a_port_allowed_only_under_http_rules_is_refused_until_content_is_inspected() 
     assert!(!lab.probe("x/c", "x/b", 80, Protocol::Tcp).unwrap());
     // a is allowed by an L4 rule on the same port: that allows the connection outright.
     assert!(lab.probe("x/a", "x/b", 80, Protocol::Tcp).unwrap());
+}
+
+#[test]
+fn before_its_first_policy_a_proxy_holds_new_flows_then_applies_its_fail_mode() {
+    let mut lab = lab(&["tests/lab/pair"]);
+    lab.stop_controller();
+    let quick = ProxyOptions {
+        hold: Duration::from_millis(300),
+        fail_open: false,
+        max_files: None,
+    };
+    // No policy arrives: after the hold, fail closed denies even what the policy allows.
+    lab.start_proxy_with("x/b", &quick).unwrap();
+    assert!(!lab.probe("x/a", "x/b", 80, Protocol::Tcp).unwrap());
+    let log = lab.flow_log("x/b");
+    assert!(
+        log.iter()
+            .any(|l| l["reason"] == "no-policy" && l["action"] == "deny"),
+        "{log:?}"
+    );
+    // Fail open lets everything through, even what the policy would deny.
+    let open = ProxyOptions {
+        fail_open: true,
+        ..quick
+    };
+    lab.start_proxy_with("x/b", &open).unwrap();
+    assert!(lab.probe("x/c", "x/b", 80, Protocol::Tcp).unwrap());
+    // A flow held while the policy is on its way is judged by it once it arrives.
+    let patient = ProxyOptions {
+        hold: Duration::from_secs(8),
+        ..quick
+    };
+    lab.start_proxy_with("x/b", &patient).unwrap();
+    let b = SocketAddr::new(ip_of(&lab, "x/b", false), 80);
+    let held = lab
+        .netns("x/a")
+        .unwrap()
+        .run(move || std::net::TcpStream::connect_timeout(&b, Duration::from_secs(2)))
+        .unwrap()
+        .expect("the proxy accepts the connection and holds it");
+    std::thread::sleep(Duration::from_millis(300));
+    lab.start_controller().unwrap();
+    held.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
+    let mut name = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(&held), &mut name).unwrap();
+    assert_eq!(
+        name.trim_end(),
+        "x/b",
+        "the held flow goes through once its policy allows it"
+    );
+}
+
+#[test]
+fn with_respect_injection_only_pods_that_ask_get_a_proxy() {
+    let mut opts = options(&["tests/lab/injection"]);
+    opts.respect_injection = true;
+    let lab = Lab::start(opts).unwrap();
+    let injected: Vec<&str> = lab.injected().iter().map(String::as_str).collect();
+    assert_eq!(injected, ["inj/labelled", "plain/asks"]);
+    // The pod without a proxy enforces nothing, as in a cluster: its deny-all is a gap
+    // the lab shows, not a failure.
+    assert!(lab
+        .probe("inj/labelled", "plain/skipped", 80, Protocol::Tcp)
+        .unwrap());
+    assert!(!lab
+        .probe("plain/skipped", "plain/asks", 80, Protocol::Tcp)
+        .unwrap());
+    assert!(!lab
+        .probe("plain/skipped", "inj/labelled", 80, Protocol::Tcp)
+        .unwrap());
+    assert_as_simulated(&lab);
+}
+
+#[test]
+fn nothing_in_the_lab_has_a_route_out() {
+    let lab = lab(&["tests/lab/pair"]);
+    // Asking the kernel for a route sends nothing anywhere.
+    let route = lab
+        .node()
+        .command("ip")
+        .args(["route", "get", "192.0.2.1"])
+        .output()
+        .unwrap();
+    assert!(
+        !route.status.success(),
+        "the node has no route outside the lab"
+    );
+    assert!(String::from_utf8_lossy(&route.stderr).contains("unreachable"));
+    let links = lab
+        .node()
+        .command("ip")
+        .args(["-o", "link"])
+        .output()
+        .unwrap();
+    let names: Vec<String> = String::from_utf8_lossy(&links.stdout)
+        .lines()
+        .filter_map(|l| Some(l.split(": ").nth(1)?.split('@').next()?.to_owned()))
+        .collect();
+    assert!(
+        names
+            .iter()
+            .all(|n| n == "lo" || n == "br0" || n.starts_with('p')),
+        "only loopback, the bridge and pod veths: {names:?}"
+    );
+}
+
+#[test]
+fn the_lab_command_prints_simulate_shaped_json_and_cleans_up_even_when_interrupted() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let out = Command::new(BINARY)
+        .args(["lab", "tests/lab/pair", "-o", "json"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let flows = json["flows"].as_array().unwrap();
+    assert_eq!(flows.len(), 12, "3 pods, 2 others each, 2 ports");
+    let keys: Vec<&str> = flows[0]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        keys,
+        ["allowed", "egress", "from", "ingress", "port", "protocol", "to"]
+    );
+    let denied: Vec<String> = flows
+        .iter()
+        .filter(|f| f["allowed"] == false)
+        .map(|f| format!("{} {}", f["from"], f["port"]))
+        .collect();
+    assert_eq!(denied, ["\"x/c\" 80", "\"x/c\" 81"]);
+
+    let mut child = Command::new(BINARY)
+        .args(["lab", "tests/lab/pair", "--keep"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !line.contains("up until Ctrl-C") && Instant::now() < deadline {
+        line.clear();
+        if stderr.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+    }
+    assert!(line.contains("up until Ctrl-C"), "the lab came up: {line}");
+    let ours = || {
+        let list = Command::new("ip").args(["netns", "list"]).output().unwrap();
+        String::from_utf8_lossy(&list.stdout)
+            .lines()
+            .filter(|l| l.starts_with(&format!("plab-{pid}-")))
+            .count()
+    };
+    assert_eq!(ours(), 4, "a node and three pods");
+    // SAFETY: kill(2) with a child's pid.
+    unsafe { libc::kill(pid as i32, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    assert_eq!(ours(), 0, "every namespace is removed on Ctrl-C");
+    assert!(!std::env::temp_dir()
+        .join(format!("palisade-lab-{pid}-0"))
+        .exists());
 }

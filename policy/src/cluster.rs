@@ -271,19 +271,39 @@ impl Cluster {
                 .namespace(&pod.namespace)
                 .is_some_and(|n| audit(&n.annotations))
     }
+}
+
+/// Where each Service leads, found as the endpoints controller finds it, with the cluster
+/// indexed once.
+pub struct Endpoints<'c> {
+    slices: HashMap<(&'c str, &'c str), Vec<&'c EndpointSlice>>,
+    pods: HashMap<&'c str, Vec<&'c Pod>>,
+}
+
+impl<'c> Endpoints<'c> {
+    /// Indexes the cluster's EndpointSlices by Service and its pods by namespace.
+    pub fn new(cluster: &'c Cluster) -> Self {
+        let mut slices: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
+        for s in &cluster.endpoint_slices {
+            if let Some(service) = &s.service {
+                slices.entry((&s.namespace, service)).or_default().push(s);
+            }
+        }
+        let mut pods: HashMap<&str, Vec<&Pod>> = HashMap::new();
+        for p in &cluster.pods {
+            pods.entry(&p.namespace).or_default().push(p);
+        }
+        Self { slices, pods }
+    }
 
     /// The backends of one port of a Service: from its EndpointSlices when there are any,
-    /// otherwise from the ready pods its selector picks, as the endpoints controller would.
+    /// otherwise from the pods its selector picks.
     pub fn backends(&self, service: &Service, port: &ServicePort) -> Vec<Backend> {
-        let slices: Vec<&EndpointSlice> = self
-            .endpoint_slices
-            .iter()
-            .filter(|s| {
-                s.namespace == service.namespace && s.service.as_deref() == Some(&service.name)
-            })
-            .collect();
         let mut out = BTreeSet::new();
-        if !slices.is_empty() {
+        if let Some(slices) = self
+            .slices
+            .get(&(service.namespace.as_str(), service.name.as_str()))
+        {
             for slice in slices {
                 let Some(ep_port) = slice
                     .ports
@@ -299,12 +319,15 @@ impl Cluster {
                     }));
                 }
             }
-        } else if let Some(selector) = &service.selector {
-            for pod in self.pods.iter().filter(|p| {
-                p.namespace == service.namespace
-                    && !selector.is_empty()
-                    && selector.iter().all(|(k, v)| p.labels.get(k) == Some(v))
-            }) {
+        } else if let Some(selector) = service.selector.as_ref().filter(|s| !s.is_empty()) {
+            let in_namespace = self
+                .pods
+                .get(service.namespace.as_str())
+                .into_iter()
+                .flatten();
+            for pod in
+                in_namespace.filter(|p| selector.iter().all(|(k, v)| p.labels.get(k) == Some(v)))
+            {
                 let target = match &port.target_port {
                     PortRef::Number(n) => Some(*n),
                     PortRef::Name(name) => pod.named_port(name, port.protocol),
@@ -317,7 +340,6 @@ impl Cluster {
         out.into_iter().collect()
     }
 }
-
 /// Whether an address is one a pod reaches itself by, whatever its own addresses are.
 pub fn is_loopback(ip: IpAddr) -> bool {
     match ip {

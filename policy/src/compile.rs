@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use crate::cluster::{Cluster, Pod};
+use crate::cluster::{Cluster, Endpoints, Pod};
 use crate::compiled::{
     CompiledPeer, CompiledPort, CompiledRule, IpSet, Mode, NamedPortMap, PeerMatch, PodPolicy,
     PolicyRef, PortMatch, ServiceEntry, ServiceTable, Side,
@@ -33,8 +33,9 @@ pub struct Compiler<'c> {
     policies_by_ns: HashMap<&'c str, Vec<usize>>,
     /// For each policy, its ingress and egress rules' peers.
     peers: Vec<[Vec<RuleTemplate>; 2]>,
-    /// Named ports of egress rules, resolved against every pod.
-    named_ports: HashMap<(&'c str, Option<Protocol>), Arc<NamedPortMap>>,
+    /// Named ports of egress rules by (policy, rule, port) index, resolved against the pods
+    /// the rule can reach.
+    named_ports: HashMap<(usize, usize, usize), Arc<NamedPortMap>>,
     services: Arc<ServiceTable>,
 }
 
@@ -63,24 +64,12 @@ impl<'c> Compiler<'c> {
             pods_by_ns: &pods_by_ns,
             cache: HashMap::new(),
         };
-        let mut named_ports = HashMap::new();
-        let peers = cluster
+        let peers: Vec<[Vec<RuleTemplate>; 2]> = cluster
             .policies
             .iter()
             .map(|policy| {
                 [Direction::Ingress, Direction::Egress].map(|dir| {
                     let rules = policy.rules(dir).unwrap_or_default();
-                    if dir == Direction::Egress {
-                        for port in rules.iter().flat_map(|r| &r.ports) {
-                            if let Some(PortRef::Name(name)) = &port.spec.port {
-                                named_ports
-                                    .entry((name.as_str(), port.spec.protocol))
-                                    .or_insert_with(|| {
-                                        Arc::new(named_port_map(cluster, name, port.spec.protocol))
-                                    });
-                            }
-                        }
-                    }
                     rules
                         .iter()
                         .map(|rule| {
@@ -97,6 +86,7 @@ impl<'c> Compiler<'c> {
             })
             .collect();
 
+        let named_ports = egress_named_ports(cluster, &peers);
         Self {
             cluster,
             policies_by_ns,
@@ -152,7 +142,12 @@ impl<'c> Compiler<'c> {
                         policy: policy_index,
                         rule: ri as u32,
                         peers,
-                        ports: rule.ports.iter().map(|p| self.port(p, dir, pod)).collect(),
+                        ports: rule
+                            .ports
+                            .iter()
+                            .enumerate()
+                            .map(|(xi, p)| self.port(p, dir, pod, (pi, ri, xi)))
+                            .collect(),
                     });
                 }
             }
@@ -172,7 +167,13 @@ impl<'c> Compiler<'c> {
         }
     }
 
-    fn port(&self, p: &PortRule, dir: Direction, pod: &Pod) -> CompiledPort {
+    fn port(
+        &self,
+        p: &PortRule,
+        dir: Direction,
+        pod: &Pod,
+        at: (usize, usize, usize),
+    ) -> CompiledPort {
         let mut protocol = p.spec.protocol;
         let ports = match &p.spec.port {
             None => PortMatch::Any,
@@ -191,7 +192,7 @@ impl<'c> Compiler<'c> {
                 }
             }
             // Egress: the destination is the peer, whichever pod it is.
-            Some(PortRef::Name(name)) => match self.named_ports.get(&(name.as_str(), protocol)) {
+            Some(PortRef::Name(_)) => match self.named_ports.get(&at) {
                 Some(map) => PortMatch::Named(map.clone()),
                 None => PortMatch::Nothing,
             },
@@ -270,6 +271,48 @@ impl Resolver<'_, '_> {
     }
 }
 
+/// The named ports of every egress rule. A rule whose peers are all sets of pods can only
+/// reach those pods, so its map holds only them; other rules (with an ipBlock, say, which
+/// may match any pod) get the map of every pod that declares the name.
+fn egress_named_ports(
+    cluster: &Cluster,
+    peers: &[[Vec<RuleTemplate>; 2]],
+) -> HashMap<(usize, usize, usize), Arc<NamedPortMap>> {
+    let mut everywhere: HashMap<(&str, Option<Protocol>), Arc<NamedPortMap>> = HashMap::new();
+    let mut out = HashMap::new();
+    for (pi, policy) in cluster.policies.iter().enumerate() {
+        for (ri, rule) in policy.egress.iter().flatten().enumerate() {
+            for (xi, port) in rule.ports.iter().enumerate() {
+                let Some(PortRef::Name(name)) = &port.spec.port else {
+                    continue;
+                };
+                let all = everywhere
+                    .entry((name.as_str(), port.spec.protocol))
+                    .or_insert_with(|| Arc::new(named_port_map(cluster, name, port.spec.protocol)))
+                    .clone();
+                let sets: Option<Vec<&IpSet>> = peers[pi][1][ri].as_ref().and_then(|templates| {
+                    templates
+                        .iter()
+                        .map(|t| match t {
+                            PeerTemplate::Ready(CompiledPeer {
+                                matches: PeerMatch::Ips(set),
+                                ..
+                            }) => Some(&**set),
+                            _ => None,
+                        })
+                        .collect()
+                });
+                let map = match sets {
+                    Some(sets) => Arc::new(all.retain(|ip| sets.iter().any(|s| s.contains(ip)))),
+                    None => all,
+                };
+                out.insert((pi, ri, xi), map);
+            }
+        }
+    }
+    out
+}
+
 /// Where a port name leads on every pod that declares it (for `protocol`, or any).
 fn named_port_map(cluster: &Cluster, name: &str, protocol: Option<Protocol>) -> NamedPortMap {
     NamedPortMap::new(
@@ -294,10 +337,11 @@ fn named_port_map(cluster: &Cluster, name: &str, protocol: Option<Protocol>) -> 
 }
 
 fn service_table(cluster: &Cluster) -> ServiceTable {
+    let endpoints = Endpoints::new(cluster);
     let mut entries = Vec::new();
     for svc in &cluster.services {
         for port in &svc.ports {
-            let backends: Vec<(IpAddr, u16)> = cluster
+            let backends: Vec<(IpAddr, u16)> = endpoints
                 .backends(svc, port)
                 .into_iter()
                 .map(|b| (b.ip, b.port))
@@ -318,4 +362,48 @@ fn service_table(cluster: &Cluster) -> ServiceTable {
         }
     }
     ServiceTable::new(entries)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::{load_str, Report};
+
+    fn pod(name: &str, app: &str, ip: &str) -> String {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: n, labels: {{app: {app}}}}}\n\
+             spec: {{containers: [{{name: c, ports: [{{containerPort: 8080, name: http}}]}}]}}\n\
+             status: {{podIP: {ip}}}\n---\n"
+        )
+    }
+
+    fn named_map_len(policy_peer: &str) -> usize {
+        let mut text = pod("web", "web", "10.0.0.1")
+            + &pod("api", "api", "10.0.0.2")
+            + &pod("db", "db", "10.0.0.3");
+        text += &format!(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {{name: p, namespace: n}}\n\
+             spec:\n  podSelector: {{matchLabels: {{app: web}}}}\n  egress:\n  - to: [{policy_peer}]\n    ports: [{{port: http}}]\n"
+        );
+        let mut cluster = Cluster::default();
+        let mut report = Report::default();
+        load_str(&mut cluster, "t.yaml", &text, &mut report);
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        cluster.finish();
+        let web = cluster.pod("n", "web").unwrap();
+        let compiled = Compiler::new(&cluster).compile(web);
+        match &compiled.egress.rules[0].ports[0].ports {
+            PortMatch::Named(map) => (1..=3)
+                .filter(|i| map.get(format!("10.0.0.{i}").parse().unwrap()).is_some())
+                .count(),
+            other => panic!("a named port: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_named_port_map_holds_only_the_pods_the_rule_can_reach() {
+        assert_eq!(named_map_len("{podSelector: {matchLabels: {app: api}}}"), 1);
+        // An ipBlock may match any pod: every pod that declares the name is kept.
+        assert_eq!(named_map_len("{ipBlock: {cidr: 10.0.0.0/8}}"), 3);
+    }
 }

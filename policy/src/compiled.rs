@@ -49,6 +49,11 @@ impl NamedPortMap {
         Self(pairs)
     }
 
+    /// The pairs whose address `keep` accepts.
+    pub fn retain(&self, keep: impl Fn(IpAddr) -> bool) -> Self {
+        Self(self.0.iter().copied().filter(|(ip, _)| keep(*ip)).collect())
+    }
+
     /// The port the name has on `ip`, if `ip` is a pod that declares it.
     pub fn get(&self, ip: IpAddr) -> Option<u16> {
         self.0

@@ -113,6 +113,15 @@ async fn probe_tcp(ns: &Netns, dst: SocketAddr) -> io::Result<String> {
 /// Connects from inside `ns` to `dst` and reads the server's name line; the connection
 /// stays open (the server echoes what is sent next).
 pub async fn open(ns: &Netns, dst: SocketAddr) -> io::Result<(BufReader<TcpStream>, String)> {
+    open_within(ns, dst, TCP_TIMEOUT).await
+}
+
+/// [`open`], giving up after `timeout`.
+pub async fn open_within(
+    ns: &Netns,
+    dst: SocketAddr,
+    timeout: Duration,
+) -> io::Result<(BufReader<TcpStream>, String)> {
     let socket = socket_in(ns, dst.ip(), Type::STREAM, None)?;
     let socket = TcpSocket::from_std_stream(socket.into());
     let exchange = async {
@@ -123,7 +132,7 @@ pub async fn open(ns: &Netns, dst: SocketAddr) -> io::Result<(BufReader<TcpStrea
         }
         Ok((stream, name.trim_end().to_owned()))
     };
-    tokio::time::timeout(TCP_TIMEOUT, exchange)
+    tokio::time::timeout(timeout, exchange)
         .await
         .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
 }

@@ -27,6 +27,7 @@ use palisade_policy::simulate::{simulate, SimFlow};
 
 use network::Network;
 use processes::Processes;
+pub use processes::ProxyOptions;
 
 /// Ports the proxy listens on inside an injected pod; the app cannot use them.
 const PROXY_PORTS: [u16; 4] = [7401, 7402, 7403, 7490];
@@ -48,6 +49,17 @@ pub struct LabOptions {
     pub binary: PathBuf,
     /// How long proxies hold new flows before their first policy.
     pub hold: Duration,
+}
+
+impl LabOptions {
+    /// How the lab starts proxies.
+    pub fn proxy(&self) -> ProxyOptions {
+        ProxyOptions {
+            hold: self.hold,
+            fail_open: false,
+            max_files: None,
+        }
+    }
 }
 
 /// One flow as expected and as observed.
@@ -254,7 +266,7 @@ impl Lab {
         for pod in cluster.pods.iter().filter(|p| injected.contains(&p.key())) {
             let ns = network.netns_of(pod);
             processes.init(ns, pod)?;
-            processes.start_proxy(ns, pod, node_ip, options.hold, None)?;
+            processes.start_proxy(ns, pod, node_ip, &options.proxy())?;
         }
         let lab = Lab {
             processes,
@@ -375,9 +387,26 @@ impl Lab {
         self.probe_addr(from, SocketAddr::new(ip, port), protocol, to)
     }
 
+    /// What the lab expects of every flow: `simulate`'s verdicts, where a pod without a
+    /// proxy (with `--respect-injection`) lets everything through on its side.
+    pub fn expected(&self) -> Vec<SimFlow> {
+        let mut flows = simulate(&self.cluster).flows;
+        for f in &mut flows {
+            for (pod, side) in [(&f.from, &mut f.egress), (&f.to, &mut f.ingress)] {
+                if !self.injected.contains(pod) && !side.allowed {
+                    side.allowed = true;
+                    side.policies.clear();
+                    side.action = Some(palisade_policy::verdict::Action::Allow);
+                }
+            }
+            f.allowed = f.egress.allowed && f.ingress.allowed;
+        }
+        flows
+    }
+
     /// Probes every flow `simulate` judges (SCTP ones are listed, not probed).
     pub fn probe_all(&self) -> anyhow::Result<Vec<Observed>> {
-        let flows = simulate(&self.cluster).flows;
+        let flows = self.expected();
         let permits = Arc::new(tokio::sync::Semaphore::new(PROBES_AT_ONCE));
         let mut tasks = Vec::with_capacity(flows.len());
         for flow in flows {
@@ -425,14 +454,21 @@ impl Lab {
         self.processes.stop_proxy(pod);
     }
 
-    /// Starts a pod's proxy again (replacing a running one), with at most `max_files`
-    /// open descriptors if given, and waits until it is ready.
-    pub fn start_proxy(&mut self, pod: &str, max_files: Option<u32>) -> anyhow::Result<()> {
+    /// Starts a pod's proxy again (replacing a running one) as the lab starts them, and
+    /// waits until it is ready.
+    pub fn start_proxy(&mut self, pod: &str) -> anyhow::Result<()> {
+        self.start_proxy_with(pod, &self.options.proxy())?;
+        self.wait_ready(READY_TIMEOUT)
+    }
+
+    /// Starts a pod's proxy again (replacing a running one) with other options, without
+    /// waiting for its first policy.
+    pub fn start_proxy_with(&mut self, pod: &str, options: &ProxyOptions) -> anyhow::Result<()> {
         let p = self.pod(pod)?.clone();
         let ns = self.network.netns_of(&p);
         self.processes
-            .start_proxy(ns, &p, self.network.node_ip, self.options.hold, max_files)?;
-        self.wait_ready(READY_TIMEOUT)
+            .start_proxy(ns, &p, self.network.node_ip, options)?;
+        Ok(())
     }
 
     /// The process id of a pod's proxy.

@@ -26,6 +26,17 @@ const INIT_ANNOTATIONS: [(&str, &str); 3] = [
     ("palisade.dev/skip-outbound-cidrs", "--skip-outbound-cidrs"),
 ];
 
+/// How a proxy is started.
+#[derive(Debug, Clone)]
+pub struct ProxyOptions {
+    /// How long it holds new flows before its first policy.
+    pub hold: Duration,
+    /// Let new flows through when no policy arrived in time (`--fail-mode open`).
+    pub fail_open: bool,
+    /// A cap on its open descriptors.
+    pub max_files: Option<u32>,
+}
+
 /// The running parts, and where their logs go.
 pub struct Processes {
     binary: PathBuf,
@@ -120,18 +131,17 @@ impl Processes {
     }
 
     /// Starts the pod's proxy as uid 2190, with CAP_NET_RAW only (for UDP), as a sidecar
-    /// would run; `max_files` caps its open descriptors.
+    /// would run.
     pub fn start_proxy(
         &mut self,
         ns: &Netns,
         pod: &Pod,
         node_ip: IpAddr,
-        hold: Duration,
-        max_files: Option<u32>,
+        options: &ProxyOptions,
     ) -> io::Result<()> {
         let key = pod.key();
         let ips: Vec<String> = pod.ips.iter().map(IpAddr::to_string).collect();
-        let mut command = match max_files {
+        let mut command = match options.max_files {
             Some(n) => {
                 let mut c = ns.command("prlimit");
                 c.arg(format!("--nofile={n}:{n}")).arg("setpriv");
@@ -159,7 +169,11 @@ impl Processes {
                 "--host-ip",
                 &node_ip.to_string(),
             ])
-            .args(["--hold", &format!("{}ms", hold.as_millis())])
+            .args(["--hold", &format!("{}ms", options.hold.as_millis())])
+            .args([
+                "--fail-mode",
+                if options.fail_open { "open" } else { "closed" },
+            ])
             .args(["--dns-upstreams", &node_ip.to_string()])
             .stdin(Stdio::null())
             .stdout(File::create(self.flow_log(&key))?)
