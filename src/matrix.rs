@@ -7,6 +7,16 @@ use std::fmt::Write as _;
 use palisade_policy::cluster::Cluster;
 use palisade_policy::simulate::SimFlow;
 
+/// How commands that judge many flows print them.
+#[derive(Clone, Copy, Debug, Default, clap::ValueEnum)]
+pub enum Output {
+    /// Tables for people.
+    #[default]
+    Table,
+    /// JSON for scripts, in the shape `simulate --output json` defines.
+    Json,
+}
+
 /// What one cell shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cell {

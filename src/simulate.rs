@@ -3,21 +3,11 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use palisade::matrix::{render, Cell, LEGEND};
+use palisade::matrix::{render, Cell, Output, LEGEND};
 use palisade_policy::simulate::simulate;
 
 use crate::load::load;
 use crate::EXIT_BAD_INPUT;
-
-/// How to print results.
-#[derive(Clone, Copy, Debug, Default, clap::ValueEnum)]
-pub enum Output {
-    /// Tables for people.
-    #[default]
-    Table,
-    /// JSON for scripts.
-    Json,
-}
 
 /// Arguments of `palisade simulate`.
 #[derive(clap::Args)]

@@ -28,32 +28,9 @@ fn example_folders() -> Vec<PathBuf> {
     out
 }
 
-/// The manifests of a folder, found the way the CLI finds them: `.yaml`, `.yml` and
-/// `.json` files, in subfolders too, hidden ones left out, sorted. README.md is not one.
+/// The manifests of a folder, found the way the CLI and the controller find them.
 fn manifest_files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut dirs = vec![dir.to_owned()];
-    while let Some(d) = dirs.pop() {
-        for entry in std::fs::read_dir(&d).expect("example folder is readable") {
-            let p = entry.expect("example entry is readable").path();
-            if p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with('.'))
-            {
-                continue;
-            }
-            if p.is_dir() {
-                dirs.push(p);
-            } else if matches!(
-                p.extension().and_then(|e| e.to_str()),
-                Some("yaml" | "yml" | "json")
-            ) {
-                out.push(p);
-            }
-        }
-    }
-    out.sort();
-    out
+    palisade_controller::folder::manifest_files(dir).expect("example folder is readable")
 }
 
 /// An example folder, loaded.

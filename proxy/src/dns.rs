@@ -2,7 +2,7 @@
 //! as the pod's egress to the resolver (a Service's backend, for a cluster DNS Service),
 //! then forwarded, and the answer returned. DNS over TCP is ordinary outbound TCP.
 
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +13,7 @@ use tokio::net::UdpSocket;
 
 use crate::judge::{FlowInfo, Judge};
 use crate::metrics;
+use crate::udp;
 
 /// How long a resolver may take to answer.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -69,12 +70,7 @@ async fn answer(
     if judge.judge(&flow).await.action == Action::Deny {
         return Ok(());
     }
-    let local: SocketAddr = match dst {
-        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
-        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
-    };
-    let upstream = UdpSocket::bind(local).await?;
-    upstream.connect(dst).await?;
+    let upstream = udp::connected(dst).await?;
     upstream.send(query).await?;
     let mut buf = vec![0u8; MAX_MESSAGE];
     let n = tokio::time::timeout(ANSWER_TIMEOUT, upstream.recv(&mut buf))

@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 
 use palisade_policy::policy::Direction;
 use palisade_policy::ports::Protocol;
-use palisade_policy::verdict::Action;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::judge::{FlowInfo, Judge};
@@ -15,15 +14,10 @@ use crate::tcp;
 
 /// Serves the inbound listener forever.
 pub async fn serve(listener: TcpListener, judge: Judge) {
-    tcp::accept_loop(listener, "inbound", |stream, peer| {
-        let judge = judge.clone();
-        tokio::spawn(async move { handle(judge, stream, peer).await });
-    })
-    .await
+    tcp::serve(listener, "inbound", judge, handle).await
 }
 
 async fn handle(judge: Judge, client: TcpStream, src: SocketAddr) {
-    let _ = client.set_nodelay(true);
     // A connection that was not redirected to us, or that is aimed at one of our own
     // ports, would make the proxy relay into itself: refuse it.
     let dst = match original_dst(&client) {
@@ -33,6 +27,8 @@ async fn handle(judge: Judge, client: TcpStream, src: SocketAddr) {
             return;
         }
     };
+    // The app is reached at the address the client aimed at, so that a server listening
+    // only on loopback stays out of reach, as it would be without palisade.
     let flow = FlowInfo {
         direction: Direction::Ingress,
         protocol: Protocol::Tcp,
@@ -40,18 +36,5 @@ async fn handle(judge: Judge, client: TcpStream, src: SocketAddr) {
         dst,
         service: None,
     };
-    let j = judge.judge(&flow).await;
-    if j.action == Action::Deny {
-        reset_on_close(&client);
-        return;
-    }
-    // The app is reached at the address the client aimed at, so that a server listening
-    // only on loopback stays out of reach, as it would be without palisade.
-    match tcp::connect(&judge, dst).await {
-        Ok(upstream) => tcp::relay(&judge, &flow, j.action, client, upstream).await,
-        Err(e) => {
-            tracing::debug!(%src, %dst, error = %e, "cannot reach the app");
-            reset_on_close(&client);
-        }
-    }
+    tcp::forward(&judge, flow, client).await
 }

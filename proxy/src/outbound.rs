@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 
 use palisade_policy::policy::Direction;
 use palisade_policy::ports::Protocol;
-use palisade_policy::verdict::Action;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::judge::{FlowInfo, Judge};
@@ -14,17 +13,12 @@ use crate::original_dst::original_dst;
 use crate::splice::reset_on_close;
 use crate::tcp;
 
-/// Serves the outbound listener forever.
+/// Serves the outbound listener (and the DNS listener's TCP side) forever.
 pub async fn serve(listener: TcpListener, judge: Judge) {
-    tcp::accept_loop(listener, "outbound", |stream, peer| {
-        let judge = judge.clone();
-        tokio::spawn(async move { handle(judge, stream, peer).await });
-    })
-    .await
+    tcp::serve(listener, "outbound", judge, handle).await
 }
 
 async fn handle(judge: Judge, client: TcpStream, src: SocketAddr) {
-    let _ = client.set_nodelay(true);
     let asked = match original_dst(&client) {
         Ok(dst) if !(judge.config().is_own_port(dst.port()) && is_self(&judge, dst)) => dst,
         _ => {
@@ -44,18 +38,7 @@ async fn handle(judge: Judge, client: TcpStream, src: SocketAddr) {
         dst,
         service,
     };
-    let j = judge.judge(&flow).await;
-    if j.action == Action::Deny {
-        reset_on_close(&client);
-        return;
-    }
-    match tcp::connect(&judge, dst).await {
-        Ok(upstream) => tcp::relay(&judge, &flow, j.action, client, upstream).await,
-        Err(e) => {
-            tracing::debug!(%src, %dst, error = %e, "cannot reach the destination");
-            reset_on_close(&client);
-        }
-    }
+    tcp::forward(&judge, flow, client).await
 }
 
 /// Whether `dst` is this pod itself (loopback or one of its addresses).

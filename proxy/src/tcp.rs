@@ -41,6 +41,36 @@ where
     }
 }
 
+/// Serves a listener forever, each connection handled by `handle` on a task of its own.
+pub async fn serve<F, Fut>(listener: TcpListener, name: &'static str, judge: Judge, handle: F)
+where
+    F: Fn(Judge, TcpStream, SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    accept_loop(listener, name, |stream, peer| {
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(handle(judge.clone(), stream, peer));
+    })
+    .await
+}
+
+/// Judges a new connection and relays it to `flow.dst` for as long as the policy allows
+/// it; a denied connection, or one whose destination cannot be reached, is reset.
+pub async fn forward(judge: &Judge, flow: FlowInfo, client: TcpStream) {
+    let j = judge.judge(&flow).await;
+    if j.action == Action::Deny {
+        reset_on_close(&client);
+        return;
+    }
+    match connect(judge, flow.dst).await {
+        Ok(upstream) => relay(judge, &flow, j.action, client, upstream).await,
+        Err(e) => {
+            tracing::debug!(src = %flow.src, dst = %flow.dst, error = %e, "cannot reach the destination");
+            reset_on_close(&client);
+        }
+    }
+}
+
 /// Connects to `dst` within the configured time.
 pub async fn connect(judge: &Judge, dst: SocketAddr) -> io::Result<TcpStream> {
     let stream = tokio::time::timeout(judge.config().connect_timeout, TcpStream::connect(dst))

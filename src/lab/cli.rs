@@ -9,17 +9,7 @@ use anyhow::{bail, Context};
 use palisade_policy::simulate::Simulation;
 
 use super::{interrupted, Lab, LabOptions, Observed};
-use crate::matrix::{render, Cell, LEGEND};
-
-/// How to print results.
-#[derive(Clone, Copy, Debug, Default, clap::ValueEnum)]
-pub enum Output {
-    /// Tables for people.
-    #[default]
-    Table,
-    /// The observed flows as JSON, in the shape `simulate` prints.
-    Json,
-}
+use crate::matrix::{render, Cell, Output, LEGEND};
 
 /// Arguments of `palisade lab`.
 #[derive(clap::Args)]

@@ -39,6 +39,17 @@ const MAX_DATAGRAM: usize = 65_535;
 /// Datagrams queued per session while it is judged or its socket is busy.
 const QUEUE: usize = 64;
 
+/// A socket of the proxy's own, connected to `dst` (the proxy's traffic is not redirected).
+pub async fn connected(dst: SocketAddr) -> io::Result<UdpSocket> {
+    let local: SocketAddr = match dst {
+        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let socket = UdpSocket::bind(local).await?;
+    socket.connect(dst).await?;
+    Ok(socket)
+}
+
 /// What the listener knows of a (source, destination) pair.
 enum Session {
     /// Judged allowed, or being judged: datagrams go to its task.
@@ -156,12 +167,7 @@ async fn outbound(
         return Ok(());
     };
     let _open = OpenGuard::new(flow.label(), "UDP");
-    let unspecified: SocketAddr = match dst {
-        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
-        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
-    };
-    let upstream = UdpSocket::bind(unspecified).await?;
-    upstream.connect(dst).await?;
+    let upstream = connected(dst).await?;
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut policies = judge.policies();
     let mut bytes = 0u64;
