@@ -57,7 +57,10 @@ async fn answer(
     else {
         return Ok(());
     };
-    let Some((dst, service)) = judge.route(SocketAddr::new(resolver, 53), Protocol::Udp) else {
+    let Some((dst, service)) = judge
+        .route(SocketAddr::new(resolver, 53), Protocol::Udp)
+        .await
+    else {
         return Ok(());
     };
     let flow = FlowInfo {

@@ -109,13 +109,14 @@ impl Judge {
 
     /// Where a pod's outbound flow to `dst` goes: a Service's backend (picked in turn, as
     /// kube-proxy would spread them) or `dst` itself. `None` when `dst` is a Service port
-    /// with no backend.
-    pub fn route(
+    /// with no backend. Waits for a first policy like [`Judge::judge`], so that a flow to a
+    /// Service is never judged against the Service's own address.
+    pub async fn route(
         &self,
         dst: SocketAddr,
         protocol: Protocol,
     ) -> Option<(SocketAddr, Option<Arc<str>>)> {
-        let Some(snapshot) = self.state.current() else {
+        let Some(snapshot) = self.state.wait(self.config.hold).await else {
             return Some((dst, None));
         };
         let services = &snapshot.policy.services;

@@ -26,7 +26,7 @@ async fn handle(judge: Judge, client: TcpStream, src: SocketAddr) {
             return;
         }
     };
-    let Some((dst, service)) = judge.route(asked, Protocol::Tcp) else {
+    let Some((dst, service)) = judge.route(asked, Protocol::Tcp).await else {
         // A Service port with no backend refuses, as kube-proxy's REJECT rule does.
         reset_on_close(&client);
         return;

@@ -60,15 +60,24 @@ enum Session {
 
 type Key = (SocketAddr, SocketAddr);
 
+/// How many new sessions start between sweeps of ended and expired ones.
+const SWEEP_EVERY: u32 = 1024;
+
 /// The sessions of one listener.
 #[derive(Clone, Default)]
-struct Sessions(Arc<Mutex<HashMap<Key, Session>>>);
+struct Sessions(Arc<Mutex<Table>>);
+
+#[derive(Default)]
+struct Table {
+    sessions: HashMap<Key, Session>,
+    started: u32,
+}
 
 impl Sessions {
     /// Delivers a datagram to its session; `Some(receiver)` when a new session must start.
     fn deliver(&self, key: Key, datagram: Bytes) -> Option<mpsc::Receiver<Bytes>> {
-        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        match map.get(&key) {
+        let mut table = self.lock();
+        match table.sessions.get(&key) {
             Some(Session::Open(tx)) if !tx.is_closed() => {
                 // A full queue means the session cannot keep up: drop, as a network would.
                 let _ = tx.try_send(datagram);
@@ -76,26 +85,36 @@ impl Sessions {
             }
             Some(Session::Denied(until)) if *until > Instant::now() => None,
             _ => {
+                // Denials are remembered for a while; without a sweep, datagrams from ever
+                // new source ports would grow the table for good.
+                table.started = table.started.wrapping_add(1);
+                if table.started % SWEEP_EVERY == 0 {
+                    let now = Instant::now();
+                    table.sessions.retain(|_, s| match s {
+                        Session::Open(tx) => !tx.is_closed(),
+                        Session::Denied(until) => *until > now,
+                    });
+                }
                 let (tx, rx) = mpsc::channel(QUEUE);
                 let _ = tx.try_send(datagram);
-                map.insert(key, Session::Open(tx));
+                table.sessions.insert(key, Session::Open(tx));
                 Some(rx)
             }
         }
     }
 
     fn deny(&self, key: Key, until: Instant) {
-        self.lock().insert(key, Session::Denied(until));
+        self.lock().sessions.insert(key, Session::Denied(until));
     }
 
     fn end(&self, key: Key) {
-        let mut map = self.lock();
-        if matches!(map.get(&key), Some(Session::Open(_))) {
-            map.remove(&key);
+        let mut table = self.lock();
+        if matches!(table.sessions.get(&key), Some(Session::Open(_))) {
+            table.sessions.remove(&key);
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Key, Session>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -153,7 +172,7 @@ async fn outbound(
     mut rx: mpsc::Receiver<Bytes>,
 ) -> io::Result<()> {
     let (app, asked) = key;
-    let Some((dst, service)) = judge.route(asked, Protocol::Udp) else {
+    let Some((dst, service)) = judge.route(asked, Protocol::Udp).await else {
         return Ok(());
     };
     let flow = FlowInfo {
@@ -232,4 +251,39 @@ async fn inbound(
     }
     metrics::count_bytes(&flow, action, bytes);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(port: u16) -> Key {
+        (
+            SocketAddr::from(([10, 0, 0, 1], port)),
+            SocketAddr::from(([10, 0, 0, 2], 53)),
+        )
+    }
+
+    #[test]
+    fn expired_denials_and_ended_sessions_are_swept() {
+        let sessions = Sessions::default();
+        for port in 1..=3000u16 {
+            let rx = sessions.deliver(key(port), Bytes::from_static(b"x"));
+            assert!(rx.is_some(), "a new pair starts a session");
+            // Denied until now: expired at once.
+            sessions.deny(key(port), Instant::now());
+        }
+        let left = sessions.lock().sessions.len();
+        assert!(left < SWEEP_EVERY as usize, "swept down to {left}");
+    }
+
+    #[test]
+    fn a_denied_pair_is_not_judged_again_until_its_denial_expires() {
+        let sessions = Sessions::default();
+        assert!(sessions.deliver(key(1), Bytes::new()).is_some());
+        sessions.deny(key(1), Instant::now() + std::time::Duration::from_secs(60));
+        assert!(sessions.deliver(key(1), Bytes::new()).is_none());
+        sessions.deny(key(1), Instant::now());
+        assert!(sessions.deliver(key(1), Bytes::new()).is_some());
+    }
 }
