@@ -80,6 +80,17 @@ fn metric(lab: &Lab, pod: &str, name: &str, labels: &[&str]) -> f64 {
         .sum()
 }
 
+/// The first line of a pod's flow log that `matches`, waiting a little for the proxy's
+/// flow log thread, which writes after the verdict.
+fn logged(lab: &Lab, pod: &str, matches: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let mut found = None;
+    eventually(Duration::from_secs(2), || {
+        found = lab.flow_log(pod).into_iter().find(&matches);
+        found.is_some()
+    });
+    found.unwrap_or_else(|| panic!("no such line in {pod}'s flow log: {:?}", lab.flow_log(pod)))
+}
+
 /// Polls `check` every 20 ms until it holds or `within` passes; the time it took.
 fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> Option<Duration> {
     let start = Instant::now();
@@ -108,11 +119,7 @@ fn denied_flows_are_logged_with_their_reason() {
     assert!(!lab.probe("x/c", "x/b", 80, Protocol::Tcp).unwrap());
     assert!(!lab.probe("x/c", "x/b", 81, Protocol::Udp).unwrap());
     assert!(lab.probe("x/a", "x/b", 80, Protocol::Tcp).unwrap());
-    let log = lab.flow_log("x/b");
-    let tcp = log
-        .iter()
-        .find(|l| l["protocol"] == "TCP")
-        .expect("a flow log line for the denied TCP flow");
+    let tcp = logged(&lab, "x/b", |l| l["protocol"] == "TCP");
     assert_eq!(tcp["action"], "deny");
     assert_eq!(tcp["direction"], "ingress");
     assert_eq!(tcp["reason"], "no-rule-matched");
@@ -125,9 +132,10 @@ fn denied_flows_are_logged_with_their_reason() {
             .contains("isolated by x/b-from-a"),
         "{tcp}"
     );
-    assert!(log
-        .iter()
-        .any(|l| l["protocol"] == "UDP" && l["action"] == "deny"));
+    logged(&lab, "x/b", |l| {
+        l["protocol"] == "UDP" && l["action"] == "deny"
+    });
+    let log = lab.flow_log("x/b");
     // Allowed flows are not logged by default; denied ones are counted by action.
     assert!(log.iter().all(|l| l["action"] != "allow"));
     assert!(
@@ -157,14 +165,10 @@ fn a_service_address_is_judged_against_the_backend_it_reaches() {
     assert!(!lab
         .probe_addr("shop/other", vip(80), Protocol::Tcp, "shop/api")
         .unwrap());
-    let denied = lab.flow_log("shop/api");
-    assert!(
-        denied
-            .iter()
-            .any(|l| l["src"].as_str().unwrap().starts_with("10.61.0.3:")
-                && l["dst"] == "10.61.0.1:8080"),
-        "the api pod judged the backend port: {denied:?}"
-    );
+    // The api pod judged the backend's port.
+    logged(&lab, "shop/api", |l| {
+        l["src"].as_str().unwrap().starts_with("10.61.0.3:") && l["dst"] == "10.61.0.1:8080"
+    });
     assert_as_simulated(&lab);
 }
 
@@ -188,11 +192,7 @@ fn the_outbound_proxy_picks_the_backend_and_never_lets_a_cluster_ip_through_unju
         denied.is_some(),
         "a rule on the Service port must not allow the backend port"
     );
-    let log = lab.flow_log("shop/client");
-    let line = log
-        .iter()
-        .find(|l| l["action"] == "deny")
-        .expect("the client's proxy logs the denial");
+    let line = logged(&lab, "shop/client", |l| l["action"] == "deny");
     assert_eq!(line["service"], "shop/api");
     assert_eq!(line["dst"], "10.61.0.1:8080");
 }
@@ -203,11 +203,7 @@ fn audit_mode_lets_would_deny_flows_through_and_counts_them() {
     assert_as_simulated(&lab);
     // A namespace in audit mode, under a deny-all: passes, logged and counted as would-deny.
     assert!(lab.probe("y/a", "y/b", 80, Protocol::Tcp).unwrap());
-    let line = lab
-        .flow_log("y/b")
-        .into_iter()
-        .find(|l| l["direction"] == "ingress")
-        .expect("would-deny is logged");
+    let line = logged(&lab, "y/b", |l| l["direction"] == "ingress");
     assert_eq!(line["action"], "would-deny");
     assert!(
         metric(
@@ -219,11 +215,7 @@ fn audit_mode_lets_would_deny_flows_through_and_counts_them() {
     );
     // A staged deny-all in an enforcing namespace: passes too, and says why.
     assert!(lab.probe("y/a", "z/c", 80, Protocol::Tcp).unwrap());
-    let staged = lab
-        .flow_log("z/c")
-        .into_iter()
-        .find(|l| l["direction"] == "ingress")
-        .expect("the staged policy's verdict is logged");
+    let staged = logged(&lab, "z/c", |l| l["direction"] == "ingress");
     assert_eq!(staged["action"], "would-deny");
     assert_eq!(staged["reason"], "staged-no-rule-matched");
 }
@@ -260,11 +252,7 @@ fn a_policy_change_reaches_open_and_new_connections_within_a_second() {
         "new connections are denied"
     );
     assert!(metric(&lab, "x/b", "palisade_flows_closed_by_policy_total", &[]) >= 1.0);
-    let closed = lab.flow_log("x/b");
-    assert!(
-        closed.iter().any(|l| l["event"] == "closed-by-policy"),
-        "{closed:?}"
-    );
+    logged(&lab, "x/b", |l| l["event"] == "closed-by-policy");
 }
 
 #[test]
@@ -554,12 +542,13 @@ fn before_its_first_policy_a_proxy_holds_new_flows_then_applies_its_fail_mode() 
     // No policy arrives: after the hold, fail closed denies even what the policy allows.
     lab.start_proxy_with("x/b", &quick).unwrap();
     assert!(!lab.probe("x/a", "x/b", 80, Protocol::Tcp).unwrap());
-    let log = lab.flow_log("x/b");
-    assert!(
-        log.iter()
-            .any(|l| l["reason"] == "no-policy" && l["action"] == "deny"),
-        "{log:?}"
-    );
+    // The flow log is written by a thread of its own: give it a moment.
+    let logged = eventually(Duration::from_secs(2), || {
+        lab.flow_log("x/b")
+            .iter()
+            .any(|l| l["reason"] == "no-policy" && l["action"] == "deny")
+    });
+    assert!(logged.is_some(), "{:?}", lab.flow_log("x/b"));
     // Fail open lets everything through, even what the policy would deny.
     let open = ProxyOptions {
         fail_open: true,

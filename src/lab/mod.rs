@@ -461,13 +461,27 @@ impl Lab {
         self.wait_ready(READY_TIMEOUT)
     }
 
-    /// Starts a pod's proxy again (replacing a running one) with other options, without
-    /// waiting for its first policy.
+    /// Starts a pod's proxy again (replacing a running one) with other options, and waits
+    /// until it listens (not for its first policy).
     pub fn start_proxy_with(&mut self, pod: &str, options: &ProxyOptions) -> anyhow::Result<()> {
         let p = self.pod(pod)?.clone();
         let ns = self.network.netns_of(&p);
         self.processes
             .start_proxy(ns, &p, self.network.node_ip, options)?;
+        let start = Instant::now();
+        // The admin server starts once every listener is open.
+        while !matches!(
+            self.runtime.block_on(agent::admin_get(ns, "/live")),
+            Ok((200, _))
+        ) {
+            if start.elapsed() > READY_TIMEOUT {
+                bail!(
+                    "the proxy of pod {pod} did not start; its log:\n{}",
+                    self.proxy_log(pod)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         Ok(())
     }
 

@@ -140,6 +140,8 @@ impl Processes {
         options: &ProxyOptions,
     ) -> io::Result<()> {
         let key = pod.key();
+        // A proxy already running holds the ports: it goes first.
+        self.stop_proxy(&key);
         let ips: Vec<String> = pod.ips.iter().map(IpAddr::to_string).collect();
         let mut command = match options.max_files {
             Some(n) => {
@@ -179,9 +181,7 @@ impl Processes {
             .stdout(File::create(self.flow_log(&key))?)
             .stderr(self.log(&format!("{}.log", key.replace('/', "_")))?)
             .spawn()?;
-        if let Some(old) = self.proxies.insert(key, child) {
-            stop(old);
-        }
+        self.proxies.insert(key, child);
         Ok(())
     }
 
