@@ -1,15 +1,18 @@
-//! Moving bytes between two sockets without copying them through user space: splice(2)
-//! from one socket into a pipe and from the pipe into the other, in both directions at
-//! once. Pipes are kept for the next connection, since making and closing two of them per
-//! connection costs six system calls. Falls back to an ordinary copy when no pipe can be
-//! had (e.g. out of descriptors).
+//! Moving bytes between two sockets, in both directions at once. Each direction starts by
+//! copying through a small buffer, which suits requests and responses: one read and one
+//! write per message. When a read fills the buffer, the direction is carrying a bulk
+//! transfer and moves to splice(2), from the socket into a pipe and from the pipe into the
+//! other socket, without the bytes passing through user space. Pipes are kept for the next
+//! connection, since making and closing them costs system calls; when none can be had
+//! (e.g. out of descriptors), the direction keeps copying.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
-use tokio::io::Interest;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 
 /// Bytes moved in each direction.
@@ -21,9 +24,8 @@ pub struct Moved {
     pub backward: u64,
 }
 
-/// The size asked for each pipe: a large pipe moves bulk transfers in fewer calls, and
-/// takes memory only while data sits in it. (1 MiB is the default most a process may ask.)
-const PIPE_SIZE: libc::c_int = 1 << 20;
+/// How much one splice call may move: what a pipe holds by default (16 pages).
+const PIPE_CAPACITY: usize = 1 << 16;
 /// How many idle pipes are kept (two descriptors each).
 const POOL_MAX: usize = 64;
 
@@ -33,8 +35,6 @@ static POOL: Mutex<Vec<Pipe>> = Mutex::new(Vec::new());
 struct Pipe {
     read: OwnedFd,
     write: OwnedFd,
-    /// How many bytes it holds.
-    capacity: usize,
 }
 
 impl Pipe {
@@ -46,21 +46,7 @@ impl Pipe {
         }
         // SAFETY: pipe2 succeeded, so both descriptors are open and owned by nobody else.
         let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        // SAFETY: fcntl on a descriptor owned above. When the kernel refuses the size, the
-        // pipe keeps its default, which F_GETPIPE_SZ reports.
-        let capacity = unsafe {
-            let set = libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE);
-            if set > 0 {
-                set
-            } else {
-                libc::fcntl(write.as_raw_fd(), libc::F_GETPIPE_SZ)
-            }
-        };
-        Ok(Self {
-            read,
-            write,
-            capacity: usize::try_from(capacity).unwrap_or(0).max(4096),
-        })
+        Ok(Self { read, write })
     }
 
     /// An idle pipe from the pool, or a new one.
@@ -97,22 +83,42 @@ fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
     }
 }
 
+/// The copy buffer: a read that fills it marks a bulk transfer, which moves to splice.
+const COPY_BUF: usize = 8192;
+
 /// Moves one direction until `from` reaches end of stream, then ends `to`'s writing side,
 /// unless the other direction has ended already (`ended`): closing both then ends both.
-/// The pipe is empty when this returns `Ok`.
+/// Returns the bytes moved, and the pipe it spliced through, empty, if it used one.
 async fn one_way(
-    from: &TcpStream,
-    to: &TcpStream,
-    pipe: &Pipe,
+    mut from: ReadHalf<'_>,
+    mut to: WriteHalf<'_>,
     ended: &AtomicBool,
-) -> io::Result<u64> {
+) -> io::Result<(u64, Option<Pipe>)> {
     let mut total = 0u64;
+    let mut buf = [0u8; COPY_BUF];
+    let pipe = loop {
+        // tokio's read treats a short read as the socket drained, so waiting for the next
+        // message costs no failed system call.
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            end(&mut to, ended).await;
+            return Ok((total, None));
+        }
+        to.write_all(&buf[..n]).await?;
+        total += n as u64;
+        if n == COPY_BUF {
+            if let Ok(pipe) = Pipe::take() {
+                break pipe;
+            }
+        }
+    };
+    let (src, dst) = (from.as_ref(), to.as_ref());
     loop {
         // The pipe is empty here, so EAGAIN can only mean the socket has nothing to read.
         let n = loop {
-            from.readable().await?;
-            match from.try_io(Interest::READABLE, || {
-                splice(from.as_raw_fd(), pipe.write.as_raw_fd(), pipe.capacity)
+            src.readable().await?;
+            match src.try_io(Interest::READABLE, || {
+                splice(src.as_raw_fd(), pipe.write.as_raw_fd(), PIPE_CAPACITY)
             }) {
                 Ok(n) => break n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
@@ -120,17 +126,15 @@ async fn one_way(
             }
         };
         if n == 0 {
-            if !ended.swap(true, Ordering::Relaxed) {
-                shutdown_write(to);
-            }
-            return Ok(total);
+            end(&mut to, ended).await;
+            return Ok((total, Some(pipe)));
         }
         // The pipe holds `n` bytes, so EAGAIN can only mean the socket is full.
         let mut left = n;
         while left > 0 {
-            to.writable().await?;
-            match to.try_io(Interest::WRITABLE, || {
-                splice(pipe.read.as_raw_fd(), to.as_raw_fd(), left)
+            dst.writable().await?;
+            match dst.try_io(Interest::WRITABLE, || {
+                splice(pipe.read.as_raw_fd(), dst.as_raw_fd(), left)
             }) {
                 Ok(m) => left -= m,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
@@ -141,31 +145,26 @@ async fn one_way(
     }
 }
 
-fn shutdown_write(s: &TcpStream) {
-    // The peer may be gone already; there is nothing to do about that here.
-    let _ = socket2::SockRef::from(s).shutdown(std::net::Shutdown::Write);
+/// Ends the writing side of `to`, unless the other direction ended first.
+async fn end(to: &mut WriteHalf<'_>, ended: &AtomicBool) {
+    if !ended.swap(true, Ordering::Relaxed) {
+        // The peer may be gone already; there is nothing to do about that here.
+        let _ = to.shutdown().await;
+    }
 }
 
 /// Relays both directions between `a` and `b` until both have ended; an error in either
 /// direction ends both.
 pub async fn relay(a: &mut TcpStream, b: &mut TcpStream) -> io::Result<Moved> {
-    let pipes = Pipe::take().and_then(|p| Pipe::take().map(|q| (p, q)));
-    match pipes {
-        Ok((p, q)) => {
-            let ended = AtomicBool::new(false);
-            let (forward, backward) =
-                tokio::try_join!(one_way(a, b, &p, &ended), one_way(b, a, &q, &ended))?;
-            // Both directions ended cleanly, so both pipes are empty. (On an error, a pipe
-            // may hold bytes: it is dropped instead.)
-            p.give_back();
-            q.give_back();
-            Ok(Moved { forward, backward })
-        }
-        Err(_) => {
-            let (forward, backward) = tokio::io::copy_bidirectional(a, b).await?;
-            Ok(Moved { forward, backward })
-        }
-    }
+    let ended = AtomicBool::new(false);
+    let (ra, wa) = a.split();
+    let (rb, wb) = b.split();
+    let ((forward, p), (backward, q)) =
+        tokio::try_join!(one_way(ra, wb, &ended), one_way(rb, wa, &ended))?;
+    // Both directions ended cleanly, so their pipes are empty. (On an error, a pipe may
+    // hold bytes: it is dropped instead.)
+    p.into_iter().chain(q).for_each(Pipe::give_back);
+    Ok(Moved { forward, backward })
 }
 
 /// Makes closing the connection send a reset rather than a graceful end, so that the peer
