@@ -302,8 +302,9 @@ fn egress_named_ports(
                         })
                         .collect()
                 });
+                // Look the rule's peers up in the map: they are usually far fewer.
                 let map = match sets {
-                    Some(sets) => Arc::new(all.retain(|ip| sets.iter().any(|s| s.contains(ip)))),
+                    Some(sets) => Arc::new(all.only(sets.iter().flat_map(|s| s.as_slice()))),
                     None => all,
                 };
                 out.insert((pi, ri, xi), map);

@@ -49,9 +49,13 @@ impl NamedPortMap {
         Self(pairs)
     }
 
-    /// The pairs whose address `keep` accepts.
-    pub fn retain(&self, keep: impl Fn(IpAddr) -> bool) -> Self {
-        Self(self.0.iter().copied().filter(|(ip, _)| keep(*ip)).collect())
+    /// The pairs of these addresses only.
+    pub fn only<'a>(&self, ips: impl IntoIterator<Item = &'a IpAddr>) -> Self {
+        Self::new(
+            ips.into_iter()
+                .filter_map(|&ip| self.get(ip).map(|port| (ip, port)))
+                .collect(),
+        )
     }
 
     /// The port the name has on `ip`, if `ip` is a pod that declares it.
