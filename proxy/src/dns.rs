@@ -6,12 +6,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use palisade_policy::policy::Direction;
 use palisade_policy::ports::Protocol;
 use palisade_policy::verdict::Action;
 use tokio::net::UdpSocket;
 
-use crate::judge::{FlowInfo, Judge};
+use crate::judge::Judge;
 use crate::metrics;
 use crate::udp;
 
@@ -57,23 +56,14 @@ async fn answer(
     else {
         return Ok(());
     };
-    let Some((dst, service)) = judge
-        .route(SocketAddr::new(resolver, 53), Protocol::Udp)
-        .await
-    else {
+    let asked = SocketAddr::new(resolver, 53);
+    let Some(flow) = judge.outbound_flow(app, asked, Protocol::Udp).await else {
         return Ok(());
-    };
-    let flow = FlowInfo {
-        direction: Direction::Egress,
-        protocol: Protocol::Udp,
-        src: app,
-        dst,
-        service,
     };
     if judge.judge(&flow).await.action == Action::Deny {
         return Ok(());
     }
-    let upstream = udp::connected(dst).await?;
+    let upstream = udp::connected(flow.dst).await?;
     upstream.send(query).await?;
     let mut buf = vec![0u8; MAX_MESSAGE];
     let n = tokio::time::timeout(ANSWER_TIMEOUT, upstream.recv(&mut buf))

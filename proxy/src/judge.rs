@@ -111,7 +111,7 @@ impl Judge {
     /// kube-proxy would spread them) or `dst` itself. `None` when `dst` is a Service port
     /// with no backend. Waits for a first policy like [`Judge::judge`], so that a flow to a
     /// Service is never judged against the Service's own address.
-    pub async fn route(
+    async fn route(
         &self,
         dst: SocketAddr,
         protocol: Protocol,
@@ -132,6 +132,24 @@ impl Judge {
                 ))
             }
         }
+    }
+
+    /// The pod's outbound flow from `src` to `asked`, routed to a Service's backend where
+    /// `asked` is a Service port; `None` when that Service port has no backend.
+    pub async fn outbound_flow(
+        &self,
+        src: SocketAddr,
+        asked: SocketAddr,
+        protocol: Protocol,
+    ) -> Option<FlowInfo> {
+        let (dst, service) = self.route(asked, protocol).await?;
+        Some(FlowInfo {
+            direction: Direction::Egress,
+            protocol,
+            src,
+            dst,
+            service,
+        })
     }
 
     /// Judges a new flow, waiting for a first policy up to the hold time.

@@ -4,11 +4,10 @@
 
 use std::net::SocketAddr;
 
-use palisade_policy::policy::Direction;
 use palisade_policy::ports::Protocol;
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::judge::{FlowInfo, Judge};
+use crate::judge::Judge;
 use crate::original_dst::original_dst;
 use crate::splice::reset_on_close;
 use crate::tcp;
@@ -26,17 +25,10 @@ async fn handle(judge: Judge, client: TcpStream, src: SocketAddr) {
             return;
         }
     };
-    let Some((dst, service)) = judge.route(asked, Protocol::Tcp).await else {
+    let Some(flow) = judge.outbound_flow(src, asked, Protocol::Tcp).await else {
         // A Service port with no backend refuses, as kube-proxy's REJECT rule does.
         reset_on_close(&client);
         return;
-    };
-    let flow = FlowInfo {
-        direction: Direction::Egress,
-        protocol: Protocol::Tcp,
-        src,
-        dst,
-        service,
     };
     tcp::forward(&judge, flow, client).await
 }

@@ -154,14 +154,20 @@ pub async fn serve(socket: UdpSocket, direction: Direction, judge: Judge, raw: A
     }
 }
 
-/// Judges a new session; `None` when it is denied (and remembered as such).
-async fn open(judge: &Judge, sessions: &Sessions, key: Key, flow: &FlowInfo) -> Option<Action> {
+/// Judges a new session: its action and open-flow count while it lasts, or `None` when it
+/// is denied (and remembered as such).
+async fn open(
+    judge: &Judge,
+    sessions: &Sessions,
+    key: Key,
+    flow: &FlowInfo,
+) -> Option<(Action, OpenGuard)> {
     let j = judge.judge(flow).await;
     if j.action == Action::Deny {
         sessions.deny(key, Instant::now() + judge.config().udp_idle);
         return None;
     }
-    Some(j.action)
+    Some((j.action, OpenGuard::new(flow.label(), "UDP")))
 }
 
 async fn outbound(
@@ -172,21 +178,13 @@ async fn outbound(
     mut rx: mpsc::Receiver<Bytes>,
 ) -> io::Result<()> {
     let (app, asked) = key;
-    let Some((dst, service)) = judge.route(asked, Protocol::Udp).await else {
+    let Some(flow) = judge.outbound_flow(app, asked, Protocol::Udp).await else {
         return Ok(());
     };
-    let flow = FlowInfo {
-        direction: Direction::Egress,
-        protocol: Protocol::Udp,
-        src: app,
-        dst,
-        service,
-    };
-    let Some(action) = open(judge, sessions, key, &flow).await else {
+    let Some((action, _open)) = open(judge, sessions, key, &flow).await else {
         return Ok(());
     };
-    let _open = OpenGuard::new(flow.label(), "UDP");
-    let upstream = connected(dst).await?;
+    let upstream = connected(flow.dst).await?;
     let mut buf = vec![0u8; MAX_DATAGRAM];
     let mut policies = judge.policies();
     let mut bytes = 0u64;
@@ -230,10 +228,9 @@ async fn inbound(
         dst,
         service: None,
     };
-    let Some(action) = open(judge, sessions, key, &flow).await else {
+    let Some((action, _open)) = open(judge, sessions, key, &flow).await else {
         return Ok(());
     };
-    let _open = OpenGuard::new(flow.label(), "UDP");
     let mut policies = judge.policies();
     let mut bytes = 0u64;
     let idle = judge.config().udp_idle;
