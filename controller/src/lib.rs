@@ -60,7 +60,7 @@ pub async fn run(config: Config) -> Result<(), ListenError> {
         })?;
     tokio::spawn(server::serve(listener, store.clone()));
     if let (Some(addr), Some(handle)) = (config.metrics, handle) {
-        let listener = metrics::bind(addr)
+        let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| ListenError { addr, source })?;
         tokio::spawn(metrics::serve(listener, handle));

@@ -1,7 +1,6 @@
 //! The controller's Prometheus metrics, served with a health check on their own address.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
 
 use bytes::Bytes;
 use http::{Response, StatusCode};
@@ -73,9 +72,4 @@ pub async fn serve(listener: TcpListener, handle: PrometheusHandle) {
                 .await;
         });
     }
-}
-
-/// Binds the metrics address.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
 }

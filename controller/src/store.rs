@@ -8,7 +8,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use palisade_policy::cluster::Cluster;
 use palisade_policy::compile::Compiler;
-use palisade_policy::compiled::Versioned;
 use tokio::sync::watch;
 
 /// One pod's policy as it goes on the wire: a JSON line, and its version.
@@ -122,14 +121,10 @@ fn line(version: u64, policy: &[u8]) -> Bytes {
     Bytes::from(out)
 }
 
-/// Parses a line back, for tests and tools.
-pub fn parse_line(line: &[u8]) -> serde_json::Result<Versioned> {
-    serde_json::from_slice(line)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use palisade_policy::compiled::Versioned;
     use palisade_policy::manifest::{load_str, Report};
 
     fn cluster(policy: &str) -> Cluster {
@@ -162,7 +157,7 @@ mod tests {
         let a2 = a.borrow().clone().unwrap();
         assert!(a2.version > va && a2.version > vb);
         assert_eq!(b.borrow().clone().unwrap().version, vb);
-        let parsed = parse_line(&a2.json).unwrap();
+        let parsed: Versioned = serde_json::from_slice(&a2.json).unwrap();
         assert_eq!(parsed.version, a2.version);
         assert_eq!(parsed.policy.pod, "x/a");
         assert_eq!(parsed.policy.ingress.policies[0].id.name, "d");

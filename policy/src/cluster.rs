@@ -250,14 +250,6 @@ impl Cluster {
             .map(|i| &self.pods[i])
     }
 
-    /// The pods by each of their addresses.
-    pub fn pods_by_ip(&self) -> HashMap<IpAddr, &Pod> {
-        self.pods
-            .iter()
-            .flat_map(|p| p.ips.iter().map(move |ip| (*ip, p)))
-            .collect()
-    }
-
     /// The nodes: every `hostIP` a pod names.
     pub fn node_ips(&self) -> BTreeSet<IpAddr> {
         self.pods.iter().filter_map(|p| p.host_ip).collect()

@@ -76,13 +76,6 @@ pub struct PortSpec {
     pub end_port: Option<u16>,
 }
 
-impl PortSpec {
-    /// Whether this entry names the protocol (or every protocol).
-    pub fn allows_protocol(&self, protocol: Protocol) -> bool {
-        self.protocol.is_none_or(|p| p == protocol)
-    }
-}
-
 impl fmt::Display for PortSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match (&self.port, self.end_port) {

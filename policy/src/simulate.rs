@@ -10,7 +10,7 @@ use crate::compile::Compiler;
 use crate::compiled::{Flow, PodPolicy};
 use crate::policy::Direction;
 use crate::ports::Protocol;
-use crate::verdict::{decide, Action, Reason, Verdict};
+use crate::verdict::{decide, Action, Reason};
 
 /// One side's part of a flow's verdict.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,14 +62,9 @@ pub struct Simulation {
     pub flows: Vec<SimFlow>,
 }
 
-/// The verdict of one side, with the policies behind it.
+/// The verdict of one side, with the policies behind it, the way `simulate` reports it.
 pub fn side_verdict(policy: &PodPolicy, flow: &Flow<'_>) -> SideVerdict {
     let verdict = decide(policy, flow);
-    side_summary(policy, flow, &verdict)
-}
-
-/// Summarises a side's verdict the way `simulate` reports it.
-pub fn side_summary(policy: &PodPolicy, flow: &Flow<'_>, verdict: &Verdict) -> SideVerdict {
     let side = policy.side(flow.direction);
     let mut policies: Vec<String> = match verdict.reason {
         // Every policy with a rule that allows it, not only the first.

@@ -96,18 +96,12 @@ pub fn serve(
 /// Whether a connection from inside `ns` to `dst` reaches the pod named `expect`.
 pub async fn probe(ns: &Netns, dst: SocketAddr, protocol: Protocol, expect: &str) -> bool {
     match protocol {
-        Protocol::Tcp => probe_tcp(ns, dst)
-            .await
-            .is_ok_and(|answer| answer == expect),
+        Protocol::Tcp => open(ns, dst).await.is_ok_and(|(_, name)| name == expect),
         Protocol::Udp => probe_udp(ns, dst)
             .await
             .is_ok_and(|answer| answer == expect),
         Protocol::Sctp => false,
     }
-}
-
-async fn probe_tcp(ns: &Netns, dst: SocketAddr) -> io::Result<String> {
-    open(ns, dst).await.map(|(_, name)| name)
 }
 
 /// Connects from inside `ns` to `dst` and reads the server's name line; the connection

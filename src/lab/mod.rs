@@ -485,11 +485,6 @@ impl Lab {
         Ok(())
     }
 
-    /// The process id of a pod's proxy.
-    pub fn proxy_pid(&self, pod: &str) -> Option<u32> {
-        self.processes.proxy_pid(pod)
-    }
-
     /// The flow log lines a pod's proxy wrote so far.
     pub fn flow_log(&self, pod: &str) -> Vec<serde_json::Value> {
         std::fs::read_to_string(self.processes.flow_log(pod))

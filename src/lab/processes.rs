@@ -179,7 +179,12 @@ impl Processes {
             .args(["--dns-upstreams", &node_ip.to_string()])
             .stdin(Stdio::null())
             .stdout(File::create(self.flow_log(&key))?)
-            .stderr(self.log(&format!("{}.log", key.replace('/', "_")))?)
+            .stderr(
+                File::options()
+                    .create(true)
+                    .append(true)
+                    .open(self.proxy_log(&key))?,
+            )
             .spawn()?;
         self.proxies.insert(key, child);
         Ok(())
@@ -190,11 +195,6 @@ impl Processes {
         if let Some(c) = self.proxies.remove(pod) {
             stop(c);
         }
-    }
-
-    /// The process id of a pod's proxy.
-    pub fn proxy_pid(&self, pod: &str) -> Option<u32> {
-        self.proxies.get(pod).map(Child::id)
     }
 
     /// The pods whose proxies have exited, and how.

@@ -263,18 +263,9 @@ impl<'a> Field<'a> {
                 Value::Null => {
                     out.insert(k.clone(), String::new());
                 }
-                Value::Bool(_) | Value::Int(_) | Value::Float(_) => {
-                    let text = match &v.value {
-                        Value::Bool(b) => b.to_string(),
-                        Value::Int(i) => i.to_string(),
-                        Value::Float(f) => f.to_string(),
-                        _ => unreachable!("matched above"),
-                    };
-                    field.error(format!(
-                        "must be a string, not {}: quote it, \"{text}\"",
-                        v.value.type_name()
-                    ));
-                }
+                Value::Bool(b) => field.error(not_quoted(&v.value, b)),
+                Value::Int(i) => field.error(not_quoted(&v.value, i)),
+                Value::Float(f) => field.error(not_quoted(&v.value, f)),
                 other => field.error(format!("must be a string, not {}", other.type_name())),
             }
         }
@@ -288,4 +279,12 @@ impl<'a> Field<'a> {
             .filter_map(|f| f.str().map(|s| (f, s)))
             .collect()
     }
+}
+
+/// What to say of a scalar written where a string belongs: quote it.
+fn not_quoted(value: &Value, text: &dyn std::fmt::Display) -> String {
+    format!(
+        "must be a string, not {}: quote it, \"{text}\"",
+        value.type_name()
+    )
 }

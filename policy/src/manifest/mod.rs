@@ -201,8 +201,7 @@ pub fn load_str(cluster: &mut Cluster, file: &str, text: &str, report: &mut Repo
     }
 }
 
-/// Reads one object (from a manifest, or from the API server as JSON via
-/// [`Node::from_json`]).
+/// Reads one object of a manifest.
 pub fn read_object(node: &Node) -> Read {
     let errors = Errors::default();
     let root = Field::root(node, &errors);
