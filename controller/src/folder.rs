@@ -139,7 +139,7 @@ impl FolderSource {
                 report.record(&name, &entry);
                 match entry.read {
                     Read::Object { what, object } => {
-                        good.insert(what, (name.clone(), object));
+                        good.insert(what, (name.clone(), object.in_file(&name)));
                     }
                     Read::Invalid { what, .. } => keep(&what, &name, &mut report, &mut good),
                     Read::Skipped { .. } | Read::Syntax(_) => {}

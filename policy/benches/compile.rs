@@ -19,7 +19,9 @@ use palisade_policy::cluster::{
 use palisade_policy::compile::Compiler;
 use palisade_policy::compiled::{Flow, PodPolicy};
 use palisade_policy::peer::{IpBlock, Namespaces, Peer};
-use palisade_policy::policy::{Direction, Policy, PolicyId, PolicyKind, PortRule, Rule, L7};
+use palisade_policy::policy::{
+    Direction, Origin, Policy, PolicyId, PolicyKind, PortRule, Rule, Source, L7,
+};
 use palisade_policy::ports::{ContainerPort, PortRef, PortSpec, Protocol};
 use palisade_policy::selector::{LabelSelector, Labels, Operator, Requirement};
 use palisade_policy::verdict::{decide, Action};
@@ -106,6 +108,7 @@ fn port_range(protocol: Protocol, port: u16, end_port: Option<u16>) -> PortRule 
             end_port,
         },
         l7: L7::default(),
+        origin: Origin::default(),
     }
 }
 
@@ -117,6 +120,7 @@ fn named_port(name: &str) -> PortRule {
             end_port: None,
         },
         l7: L7::default(),
+        origin: Origin::default(),
     }
 }
 
@@ -150,6 +154,8 @@ fn rule(peers: Vec<Peer>, ports: Vec<PortRule>) -> Rule {
     Rule {
         peers: Some(peers),
         ports,
+        origin: Origin::default(),
+        peer_origins: Vec::new(),
     }
 }
 
@@ -166,6 +172,7 @@ fn policy(
             namespace: ns.into(),
             name: name.into(),
         },
+        source: Source::default(),
         pod_selector,
         ingress,
         egress,

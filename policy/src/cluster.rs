@@ -12,6 +12,8 @@ use crate::selector::Labels;
 pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 /// Annotation that puts a namespace, pod or policy in audit mode.
 pub const MODE_ANNOTATION: &str = "palisade.dev/mode";
+/// Pod annotation, or namespace label, that asks for the sidecar (value `enabled`).
+pub const INJECT_KEY: &str = "palisade.dev/inject";
 
 /// A namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -253,6 +255,16 @@ impl Cluster {
     /// The nodes: every `hostIP` a pod names.
     pub fn node_ips(&self) -> BTreeSet<IpAddr> {
         self.pods.iter().filter_map(|p| p.host_ip).collect()
+    }
+
+    /// Whether a pod asks for palisade's sidecar: its annotation `palisade.dev/inject:
+    /// enabled`, or the label `palisade.dev/inject=enabled` on its namespace.
+    pub fn pod_asks_for_injection(&self, pod: &Pod) -> bool {
+        let enabled = |m: &Labels| m.get(INJECT_KEY).is_some_and(|v| v == "enabled");
+        enabled(&pod.annotations)
+            || self
+                .namespace(&pod.namespace)
+                .is_some_and(|n| enabled(&n.labels))
     }
 
     /// Whether a namespace or pod asks for audit mode.

@@ -78,11 +78,32 @@ impl fmt::Display for Direction {
     }
 }
 
+/// Where a part of a policy is written in its manifest, so that what is said about it
+/// (`lint`) can point at the exact field.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Origin {
+    /// The field's path in its object, e.g. `spec.egress[0].to[1]`.
+    pub field: String,
+    /// The field's line (1-based; 0 when unknown, as for objects that come from the API).
+    pub line: u32,
+}
+
+/// Where a policy was read from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Source {
+    /// The file; empty when the policy did not come from a file.
+    pub file: Arc<str>,
+    /// The pod selector (`spec.podSelector`, or `endpointSelector` under `spec` or `specs[i]`).
+    pub selector: Origin,
+}
+
 /// A policy of any kind, validated.
 #[derive(Debug, Clone)]
 pub struct Policy {
     /// Which policy this is.
     pub id: PolicyId,
+    /// Where it was written.
+    pub source: Source,
     /// The pods of the policy's namespace it applies to.
     pub pod_selector: LabelSelector,
     /// `Some` when the policy affects ingress (isolating the pods it selects), with the rules
@@ -113,6 +134,17 @@ pub struct Rule {
     pub peers: Option<Vec<Peer>>,
     /// Empty matches every port and protocol.
     pub ports: Vec<PortRule>,
+    /// Where the rule is written.
+    pub origin: Origin,
+    /// Where each of `peers` is written, in the same order.
+    pub peer_origins: Vec<Origin>,
+}
+
+impl Rule {
+    /// Where peer `index` is written (the rule's own place if it is not known).
+    pub fn peer_origin(&self, index: usize) -> &Origin {
+        self.peer_origins.get(index).unwrap_or(&self.origin)
+    }
 }
 
 /// A port a rule allows, and what it asks of the traffic on it.
@@ -122,6 +154,8 @@ pub struct PortRule {
     pub spec: PortSpec,
     /// What the rule asks beyond L4.
     pub l7: L7,
+    /// Where the port is written.
+    pub origin: Origin,
 }
 
 /// What a rule asks of a connection beyond its peer and port.

@@ -105,6 +105,53 @@ impl LabelSelector {
     }
 }
 
+impl LabelSelector {
+    /// Whether every object this selector matches is matched by `broader` too, as far as
+    /// the two selectors' text shows (labels of objects are not looked at). It may answer
+    /// no for selectors that happen to be equivalent, never yes wrongly.
+    pub fn implies(&self, broader: &LabelSelector) -> bool {
+        let value = |key: &str| {
+            self.match_labels
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v)
+        };
+        // Values the key may take under this selector, if it pins them down.
+        let values = |key: &str| -> Option<Vec<&String>> {
+            if let Some(v) = value(key) {
+                return Some(vec![v]);
+            }
+            self.match_expressions
+                .iter()
+                .find(|r| r.key == key && r.operator == Operator::In)
+                .map(|r| r.values.iter().collect())
+        };
+        let absent = |key: &str| {
+            self.match_expressions
+                .iter()
+                .any(|r| r.key == key && r.operator == Operator::DoesNotExist)
+        };
+        broader
+            .match_labels
+            .iter()
+            .all(|(k, v)| values(k).is_some_and(|vs| vs.iter().all(|x| *x == v)))
+            && broader.match_expressions.iter().all(|want| {
+                self.match_expressions.contains(want)
+                    || match want.operator {
+                        Operator::Exists => values(&want.key).is_some(),
+                        Operator::In => values(&want.key)
+                            .is_some_and(|vs| vs.iter().all(|x| want.values.contains(x))),
+                        Operator::NotIn => {
+                            absent(&want.key)
+                                || values(&want.key)
+                                    .is_some_and(|vs| vs.iter().all(|x| !want.values.contains(x)))
+                        }
+                        Operator::DoesNotExist => absent(&want.key),
+                    }
+            })
+    }
+}
+
 impl std::fmt::Display for LabelSelector {
     /// Writes the selector the way `kubectl get -l` reads it; `{}` for the empty selector.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -170,6 +217,33 @@ mod tests {
         let prod = labels(&[("env", "prod")]);
         assert!(!req("env", Operator::NotIn, &["prod", "qa"]).matches(&prod));
         assert!(req("env", Operator::NotIn, &["qa"]).matches(&prod));
+    }
+
+    #[test]
+    fn a_narrower_selector_implies_a_broader_one() {
+        let web = LabelSelector::from_labels([("app", "web")]);
+        let web_prod = LabelSelector::from_labels([("app", "web"), ("env", "prod")]);
+        assert!(web_prod.implies(&web));
+        assert!(!web.implies(&web_prod));
+        assert!(web.implies(&LabelSelector::default()));
+        assert!(!LabelSelector::default().implies(&web));
+        let in_ab = LabelSelector {
+            match_expressions: vec![req("app", Operator::In, &["web", "api"])],
+            ..Default::default()
+        };
+        assert!(web.implies(&in_ab));
+        assert!(!in_ab.implies(&web));
+        let has_app = LabelSelector {
+            match_expressions: vec![req("app", Operator::Exists, &[])],
+            ..Default::default()
+        };
+        assert!(in_ab.implies(&has_app));
+        let not_db = LabelSelector {
+            match_expressions: vec![req("app", Operator::NotIn, &["db"])],
+            ..Default::default()
+        };
+        assert!(in_ab.implies(&not_db));
+        assert!(!has_app.implies(&not_db));
     }
 
     #[test]

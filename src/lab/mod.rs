@@ -109,15 +109,6 @@ pub struct Lab {
     workdir: WorkDir,
 }
 
-/// Whether a pod asks for injection (its annotation, or its namespace's label).
-fn asks_for_injection(cluster: &Cluster, pod: &Pod) -> bool {
-    const KEY: &str = "palisade.dev/inject";
-    pod.annotations.get(KEY).is_some_and(|v| v == "enabled")
-        || cluster
-            .namespace(&pod.namespace)
-            .is_some_and(|n| n.labels.get(KEY).is_some_and(|v| v == "enabled"))
-}
-
 /// Copies the manifests under `paths` into `into`, each path in a folder of its own.
 fn copy_manifests(paths: &[PathBuf], into: &Path) -> anyhow::Result<()> {
     for (i, path) in paths.iter().enumerate() {
@@ -233,7 +224,7 @@ impl Lab {
             .pods
             .iter()
             .filter(|p| {
-                !p.host_network && (!options.respect_injection || asks_for_injection(&cluster, p))
+                !p.host_network && (!options.respect_injection || cluster.pod_asks_for_injection(p))
             })
             .map(Pod::key)
             .collect();

@@ -11,7 +11,7 @@ use crate::cluster::NAMESPACE_NAME_LABEL;
 use crate::fqdn::NamePattern;
 use crate::http::{Anchored, HeaderMatch, HttpRule};
 use crate::peer::{Entity, IpBlock, Namespaces, Peer};
-use crate::policy::{Direction, Policy, PolicyId, PolicyKind, PortRule, Rule, L7};
+use crate::policy::{Direction, Origin, Policy, PolicyId, PolicyKind, PortRule, Rule, Source, L7};
 use crate::ports::{PortRef, PortSpec, Protocol};
 use crate::selector::{LabelSelector, Requirement};
 
@@ -105,6 +105,10 @@ fn one_spec(spec: &Field<'_>, meta: &Meta, id: PolicyId, audit: bool) -> Policy 
     let egress = section(Direction::Egress);
     Policy {
         id,
+        source: Source {
+            file: Default::default(),
+            selector: sel.origin(),
+        },
         pod_selector,
         ingress,
         egress,
@@ -155,19 +159,25 @@ fn rule(r: &Field<'_>, dir: Direction, ns: &str) -> Rule {
     r.only(&known, "a rule");
 
     let mut peers = Vec::new();
+    let mut peer_origins = Vec::new();
     let mut named_any_peer = false;
+    let mut add = |peer: Peer, at: &Field<'_>| {
+        peers.push(peer);
+        peer_origins.push(at.origin());
+    };
     for e in r.get(endpoints_key).items() {
         named_any_peer = true;
         let (namespaces, pods) = endpoints(&e, ns);
-        peers.push(Peer::Pods { namespaces, pods });
+        add(Peer::Pods { namespaces, pods }, &e);
     }
     for (f, s) in r.get(cidr_key).strings() {
         named_any_peer = true;
         if let Some(cidr) = netpol::cidr(&f, s) {
-            peers.push(Peer::IpBlock(IpBlock {
+            let block = IpBlock {
                 cidr,
                 except: Vec::new(),
-            }));
+            };
+            add(Peer::IpBlock(block), &f);
         }
     }
     for f in r.get(cidr_set_key).items() {
@@ -184,13 +194,13 @@ fn rule(r: &Field<'_>, dir: Direction, ns: &str) -> Rule {
             }
         }
         if let Some(block) = netpol::ip_block(&f) {
-            peers.push(Peer::IpBlock(block));
+            add(Peer::IpBlock(block), &f);
         }
     }
     for (f, s) in r.get(entities_key).strings() {
         named_any_peer = true;
         match Entity::parse(s) {
-            Some(e) => peers.push(Peer::Entity(e)),
+            Some(e) => add(Peer::Entity(e), &f),
             None => f.error(format!(
                 "{s:?} is not an entity palisade supports: use all, world, cluster or host"
             )),
@@ -201,7 +211,7 @@ fn rule(r: &Field<'_>, dir: Direction, ns: &str) -> Rule {
         let names: Vec<NamePattern> = fqdns.items().iter().filter_map(fqdn).collect();
         if fqdns.is_set() {
             named_any_peer = true;
-            peers.push(Peer::Fqdn(names));
+            add(Peer::Fqdn(names), &fqdns);
         }
     }
     let to_ports = r.get("toPorts");
@@ -217,6 +227,8 @@ fn rule(r: &Field<'_>, dir: Direction, ns: &str) -> Rule {
             Some(Vec::new())
         },
         ports,
+        origin: r.origin(),
+        peer_origins,
     }
 }
 
@@ -312,19 +324,26 @@ fn port_group(g: &Field<'_>) -> Vec<PortRule> {
         }
     }
     let l7 = l7(g);
-    let specs: Vec<PortSpec> = match g.get("ports").list() {
-        Some(ports) if !ports.is_empty() => ports.iter().filter_map(port).collect(),
-        _ => vec![PortSpec {
-            protocol: None,
-            port: None,
-            end_port: None,
-        }],
+    let specs: Vec<(PortSpec, Origin)> = match g.get("ports").list() {
+        Some(ports) if !ports.is_empty() => ports
+            .iter()
+            .filter_map(|p| Some((port(p)?, p.origin())))
+            .collect(),
+        _ => vec![(
+            PortSpec {
+                protocol: None,
+                port: None,
+                end_port: None,
+            },
+            g.origin(),
+        )],
     };
     specs
         .into_iter()
-        .map(|spec| PortRule {
+        .map(|(spec, origin)| PortRule {
             spec,
             l7: l7.clone(),
+            origin,
         })
         .collect()
 }

@@ -4,6 +4,7 @@
 use std::cell::RefCell;
 
 use crate::document::{Node, Value};
+use crate::policy::Origin;
 use crate::ports::{PortRef, Protocol};
 use crate::selector::Labels;
 
@@ -49,6 +50,14 @@ impl<'a> Field<'a> {
             path: String::new(),
             line: node.line,
             errors,
+        }
+    }
+
+    /// Where this field is written.
+    pub(crate) fn origin(&self) -> Origin {
+        Origin {
+            field: self.path.clone(),
+            line: self.line,
         }
     }
 

@@ -31,6 +31,19 @@ pub enum Object {
     Policies(Vec<Policy>),
 }
 
+impl Object {
+    /// The object, with `file` recorded as where its policies were written.
+    pub fn in_file(mut self, file: &str) -> Self {
+        if let Object::Policies(policies) = &mut self {
+            let file: std::sync::Arc<str> = file.into();
+            for p in policies {
+                p.source.file = file.clone();
+            }
+        }
+        self
+    }
+}
+
 /// What reading one document (or one item of a `List`) gave.
 #[derive(Debug)]
 pub enum Read {
@@ -196,7 +209,7 @@ pub fn load_str(cluster: &mut Cluster, file: &str, text: &str, report: &mut Repo
     for entry in read_str(text) {
         report.record(file, &entry);
         if let Read::Object { object, .. } = entry.read {
-            cluster.add(object);
+            cluster.add(object.in_file(file));
         }
     }
 }

@@ -6,7 +6,7 @@ use ipnet::IpNet;
 use super::field::Field;
 use super::kube::{self, Meta};
 use crate::peer::{IpBlock, Namespaces, Peer};
-use crate::policy::{Policy, PolicyId, PolicyKind, PortRule, Rule, L7};
+use crate::policy::{Origin, Policy, PolicyId, PolicyKind, PortRule, Rule, Source, L7};
 use crate::ports::{PortRef, PortSpec};
 
 pub(crate) fn network_policy(obj: &Field<'_>, meta: &Meta, audit: bool) -> Policy {
@@ -19,7 +19,8 @@ pub(crate) fn network_policy(obj: &Field<'_>, meta: &Meta, audit: bool) -> Polic
         &["podSelector", "policyTypes", "ingress", "egress"],
         "a NetworkPolicy spec",
     );
-    let pod_selector = kube::selector(&spec.get("podSelector"));
+    let selector_field = spec.get("podSelector");
+    let pod_selector = kube::selector(&selector_field);
     let ns = meta.namespace.as_str();
 
     let ingress_field = spec.get("ingress");
@@ -66,6 +67,10 @@ pub(crate) fn network_policy(obj: &Field<'_>, meta: &Meta, audit: bool) -> Polic
             namespace: meta.namespace.clone(),
             name: meta.name.clone(),
         },
+        source: Source {
+            file: Default::default(),
+            selector: selector_field.origin(),
+        },
         pod_selector,
         ingress: affects_ingress.then_some(ingress),
         egress: affects_egress.then_some(egress),
@@ -76,16 +81,18 @@ pub(crate) fn network_policy(obj: &Field<'_>, meta: &Meta, audit: bool) -> Polic
 fn rule(r: &Field<'_>, peers_key: &str, ns: &str) -> Rule {
     r.only(&[peers_key, "ports"], "a rule");
     let peers_field = r.get(peers_key);
-    let peers: Vec<Peer> = peers_field
+    let (peers, peer_origins): (Vec<Peer>, Vec<Origin>) = peers_field
         .items()
         .iter()
-        .filter_map(|p| peer(p, ns))
-        .collect();
+        .filter_map(|p| Some((peer(p, ns)?, p.origin())))
+        .unzip();
     let ports = r.get("ports").items().iter().filter_map(port).collect();
     Rule {
         // A missing or empty `from`/`to` matches every peer.
         peers: (!peers_field.items().is_empty()).then_some(peers),
         ports,
+        origin: r.origin(),
+        peer_origins,
     }
 }
 
@@ -196,5 +203,6 @@ fn port(p: &Field<'_>) -> Option<PortRule> {
             end_port,
         },
         l7: L7::default(),
+        origin: p.origin(),
     })
 }
