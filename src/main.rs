@@ -4,6 +4,7 @@
 mod check;
 mod controller;
 mod init;
+mod lint;
 mod load;
 mod logging;
 mod proxy;
@@ -27,6 +28,8 @@ enum Command {
     Simulate(simulate::Args),
     /// Explain the verdict on one flow: which policies select each side, which rule matched.
     Check(check::Args),
+    /// Find the usual NetworkPolicy mistakes in a set of manifests (text, JSON or SARIF).
+    Lint(lint::Args),
     /// Install the iptables rules that send a pod's traffic through its proxy (init container).
     Init(init::Args),
     /// Run the sidecar proxy that enforces one pod's policy.
@@ -45,6 +48,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Simulate(args) => simulate::run(args),
         Command::Check(args) => check::run(args),
+        Command::Lint(args) => lint::run(args),
         Command::Init(args) => init::run(args),
         Command::Proxy(args) => proxy::run(args),
         Command::Controller(args) => controller::run(args),

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
 
-use crate::policy::Policy;
+use crate::policy::{Policy, PolicyId};
 use crate::ports::{ContainerPort, PortRef, Protocol};
 use crate::selector::Labels;
 
@@ -250,6 +250,14 @@ impl Cluster {
             .binary_search_by(|p| (p.namespace.as_str(), p.name.as_str()).cmp(&(namespace, name)))
             .ok()
             .map(|i| &self.pods[i])
+    }
+
+    /// The policy `id`.
+    pub fn policy(&self, id: &PolicyId) -> Option<&Policy> {
+        self.policies
+            .binary_search_by(|p| p.id.cmp(id))
+            .ok()
+            .map(|i| &self.policies[i])
     }
 
     /// The nodes: every `hostIP` a pod names.

@@ -136,14 +136,8 @@ pub fn explain(cluster: &Cluster, q: &Question<'_>) -> Explanation {
         };
         side(cluster, policy, &flow, q.request)
     });
-    let actions = [&egress, &ingress].map(|s| s.as_ref().map_or(Action::Allow, |s| s.action));
-    let action = if actions.contains(&Action::Deny) {
-        Action::Deny
-    } else if actions.contains(&Action::WouldDeny) {
-        Action::WouldDeny
-    } else {
-        Action::Allow
-    };
+    let [e, i] = [&egress, &ingress].map(|s| s.as_ref().map_or(Action::Allow, |s| s.action));
+    let action = e.and(i);
     Explanation {
         from: End {
             pod: q.from.0.map(|p| p.pod.clone()),

@@ -15,6 +15,7 @@ pub mod document;
 pub mod explain;
 pub mod fqdn;
 pub mod http;
+pub mod lint;
 pub mod manifest;
 pub mod peer;
 pub mod policy;

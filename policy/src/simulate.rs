@@ -49,9 +49,20 @@ pub struct SimFlow {
 impl SimFlow {
     /// Whether either side let the flow through only because of audit mode.
     pub fn would_deny(&self) -> bool {
-        [&self.egress, &self.ingress]
-            .iter()
-            .any(|s| s.action == Some(Action::WouldDeny))
+        self.action() == Action::WouldDeny
+    }
+
+    /// What happens to the flow, both sides considered: `would-deny` when it passes only
+    /// because of audit mode.
+    pub fn action(&self) -> Action {
+        let side = |s: &SideVerdict| {
+            s.action.unwrap_or(if s.allowed {
+                Action::Allow
+            } else {
+                Action::Deny
+            })
+        };
+        side(&self.egress).and(side(&self.ingress))
     }
 }
 

@@ -28,6 +28,16 @@ impl Action {
         self != Action::Deny
     }
 
+    /// The action on a flow that both `self` and `other` judged (the source's egress and
+    /// the destination's ingress): a denial on either side wins, then audit.
+    pub fn and(self, other: Action) -> Action {
+        match (self, other) {
+            (Action::Deny, _) | (_, Action::Deny) => Action::Deny,
+            (Action::WouldDeny, _) | (_, Action::WouldDeny) => Action::WouldDeny,
+            _ => Action::Allow,
+        }
+    }
+
     /// `allow`, `deny` or `would-deny`.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -159,6 +159,22 @@ proptest! {
     fn empty_selector_matches_everything(labels in labels(POD_LABELS)) {
         prop_assert!(LabelSelector::default().matches(&labels));
     }
+
+    /// `lint` calls a rule redundant on the strength of `implies`: it must never say yes
+    /// when some label set matches the narrower selector and not the broader one.
+    #[test]
+    fn implies_is_sound(
+        narrow in selector(POD_LABELS, 2),
+        broad in selector(POD_LABELS, 2),
+        labels in labels(POD_LABELS),
+    ) {
+        if narrow.implies(&broad) && selector_matches_by_definition(&narrow, &labels) {
+            prop_assert!(
+                selector_matches_by_definition(&broad, &labels),
+                "{} implies {}, but {:?} matches only the first", narrow, broad, labels
+            );
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -531,6 +547,17 @@ fn generators_are_not_vacuous() {
     assert!(
         (0.15..0.85).contains(&matched),
         "selectors matched {matched:.2} of the time"
+    );
+
+    // `implies` must answer yes often enough for its soundness test to mean something.
+    let implied = share(
+        (selector(POD_LABELS, 2), selector(POD_LABELS, 2)),
+        2000,
+        |(a, b)| a.implies(b) && !b.is_empty(),
+    );
+    assert!(
+        implied > 0.02,
+        "a selector implied another non-empty one {implied:.3} of the time"
     );
 
     let contained = share(block_and_addr(), 2000, |(b, ip)| {
