@@ -43,9 +43,15 @@ fn covering(ips: &[IpAddr]) -> Option<IpNet> {
         IpAddr::V4(v4) => u128::from(u32::from(v4)) << 96,
         IpAddr::V6(v6) => u128::from(v6),
     };
-    let diff = ips.iter().fold(0u128, |acc, ip| acc | (bits(*ip) ^ bits(first)));
+    let diff = ips
+        .iter()
+        .fold(0u128, |acc, ip| acc | (bits(*ip) ^ bits(first)));
     let common = diff.leading_zeros() as u8;
-    let prefix = if first.is_ipv4() { common.min(32) } else { common.min(128) };
+    let prefix = if first.is_ipv4() {
+        common.min(32)
+    } else {
+        common.min(128)
+    };
     IpNet::new(first, prefix).ok().map(|n| n.trunc())
 }
 
@@ -186,7 +192,10 @@ fn cloud_metadata(cx: &Context<'_>, out: &mut Vec<Finding>) {
                 names: &[],
             };
             let verdict = decide(compiled, &flow);
-            let Reason::Rule { policy, rule, peer, .. } = verdict.reason else {
+            let Reason::Rule {
+                policy, rule, peer, ..
+            } = verdict.reason
+            else {
                 continue;
             };
             if verdict.action != Action::Allow {
@@ -271,7 +280,11 @@ mod tests {
 
     #[test]
     fn an_ipblock_holding_pods_is_flagged_with_the_pod_network_to_leave_out() {
-        let text = shop() + &web_egress("{ipBlock: {cidr: 10.0.0.0/8}}", "    ports: [{port: 443}]\n");
+        let text = shop()
+            + &web_egress(
+                "{ipBlock: {cidr: 10.0.0.0/8}}",
+                "    ports: [{port: 443}]\n",
+            );
         let found = findings(Check::IpBlockHoldsPods, &text);
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(found[0].field, "spec.egress[0].to[0]");
@@ -298,16 +311,23 @@ mod tests {
 
     #[test]
     fn egress_to_every_address_on_port_80_reaches_the_metadata_service() {
-        let text = shop() + &web_egress("{ipBlock: {cidr: 0.0.0.0/0}}", "    ports: [{port: 80}]\n");
+        let text =
+            shop() + &web_egress("{ipBlock: {cidr: 0.0.0.0/0}}", "    ports: [{port: 80}]\n");
         let found = findings(Check::CloudMetadata, &text);
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(found[0].field, "spec.egress[0].to[0]");
         assert!(
-            found[0].message.contains("lets shop/web reach 169.254.169.254 on 80/TCP"),
+            found[0]
+                .message
+                .contains("lets shop/web reach 169.254.169.254 on 80/TCP"),
             "{}",
             found[0].message
         );
-        assert!(found[0].fix.contains("- 169.254.169.254/32"), "{}", found[0].fix);
+        assert!(
+            found[0].fix.contains("- 169.254.169.254/32"),
+            "{}",
+            found[0].fix
+        );
     }
 
     #[test]
@@ -318,25 +338,42 @@ mod tests {
                 "    ports: [{port: 80}]\n",
             );
         assert_eq!(findings(Check::CloudMetadata, &excepted), vec![]);
-        let https_only = shop() + &web_egress("{ipBlock: {cidr: 0.0.0.0/0}}", "    ports: [{port: 443}]\n");
+        let https_only =
+            shop() + &web_egress("{ipBlock: {cidr: 0.0.0.0/0}}", "    ports: [{port: 443}]\n");
         assert_eq!(findings(Check::CloudMetadata, &https_only), vec![]);
     }
 
     #[test]
     fn an_ipblock_aimed_at_a_cluster_ip_is_flagged() {
-        let service = "apiVersion: v1\nkind: Service\nmetadata: {name: kubernetes, namespace: default}\n\
+        let service =
+            "apiVersion: v1\nkind: Service\nmetadata: {name: kubernetes, namespace: default}\n\
                        spec: {clusterIP: 10.96.0.1, ports: [{port: 443}]}\n---\n";
-        let text = shop() + service + &web_egress("{ipBlock: {cidr: 10.96.0.1/32}}", "    ports: [{port: 443}]\n");
+        let text = shop()
+            + service
+            + &web_egress(
+                "{ipBlock: {cidr: 10.96.0.1/32}}",
+                "    ports: [{port: 443}]\n",
+            );
         let found = findings(Check::IpBlockClusterIp, &text);
         assert_eq!(found.len(), 1, "{found:?}");
-        assert!(found[0].message.contains("the ClusterIP of Service default/kubernetes"));
-        let text = shop() + service + &web_egress("{ipBlock: {cidr: 10.97.0.1/32}}", "    ports: [{port: 443}]\n");
+        assert!(found[0]
+            .message
+            .contains("the ClusterIP of Service default/kubernetes"));
+        let text = shop()
+            + service
+            + &web_egress(
+                "{ipBlock: {cidr: 10.97.0.1/32}}",
+                "    ports: [{port: 443}]\n",
+            );
         assert_eq!(findings(Check::IpBlockClusterIp, &text), vec![]);
     }
 
     #[test]
     fn covering_finds_the_common_prefix() {
-        let ips: Vec<IpAddr> = ["10.30.1.1", "10.30.2.1"].iter().map(|s| s.parse().unwrap()).collect();
+        let ips: Vec<IpAddr> = ["10.30.1.1", "10.30.2.1"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
         assert_eq!(covering(&ips), Some("10.30.0.0/22".parse().unwrap()));
         assert_eq!(covering(&ips[..1]), Some("10.30.1.1/32".parse().unwrap()));
     }

@@ -53,7 +53,14 @@ pub(super) fn check(cx: &Context<'_>, out: &mut Vec<Finding>) {
         if pod.host_network || policy.egress.policies.is_empty() {
             continue;
         }
-        let isolating = || policy.egress.policies.iter().map(|p| p.id.clone()).collect();
+        let isolating = || {
+            policy
+                .egress
+                .policies
+                .iter()
+                .map(|p| p.id.clone())
+                .collect()
+        };
         let (outcome, detail) = if servers.is_empty() {
             // No DNS pod to judge against: is port 53 open to anyone at all?
             let any_rule = |protocol| {
@@ -99,15 +106,22 @@ pub(super) fn check(cx: &Context<'_>, out: &mut Vec<Finding>) {
                 (Ok(server), Err(_)) => {
                     let flow = Flow {
                         direction: Direction::Egress,
-                        peer: server.ips.first().copied().unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
+                        peer: server
+                            .ips
+                            .first()
+                            .copied()
+                            .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
                         port: 53,
                         protocol: Protocol::Udp,
                         names: &[],
                     };
                     let outcome = match decide(policy, &flow).reason {
-                        Reason::Rule { policy: p, rule, .. } => {
-                            Outcome::UdpOnly(policy.egress.policies[p as usize].id.clone(), Some(rule))
-                        }
+                        Reason::Rule {
+                            policy: p, rule, ..
+                        } => Outcome::UdpOnly(
+                            policy.egress.policies[p as usize].id.clone(),
+                            Some(rule),
+                        ),
                         _ => Outcome::UdpOnly(policy.egress.policies[0].id.clone(), None),
                     };
                     (outcome, String::new())
@@ -229,12 +243,18 @@ mod tests {
         assert_eq!(found[0].severity, Severity::Error);
         assert_eq!(found[0].object, "NetworkPolicy shop/deny");
         assert!(
-            found[0].message.contains("egress of shop/web is isolated by shop/deny")
+            found[0]
+                .message
+                .contains("egress of shop/web is isolated by shop/deny")
                 && found[0].message.contains("kube-system/coredns"),
             "{}",
             found[0].message
         );
-        assert!(found[0].fix.contains("k8s-app: kube-dns"), "{}", found[0].fix);
+        assert!(
+            found[0].fix.contains("k8s-app: kube-dns"),
+            "{}",
+            found[0].fix
+        );
     }
 
     #[test]

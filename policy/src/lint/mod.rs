@@ -342,7 +342,11 @@ impl<'c> Context<'c> {
     }
 
     /// The pods a `Pods` peer picks (not on the node's network).
-    fn pods_of(&self, namespaces: &Namespaces, pods: &crate::selector::LabelSelector) -> Vec<&'c Pod> {
+    fn pods_of(
+        &self,
+        namespaces: &Namespaces,
+        pods: &crate::selector::LabelSelector,
+    ) -> Vec<&'c Pod> {
         self.cluster
             .pods
             .iter()
@@ -362,7 +366,9 @@ impl<'c> Context<'c> {
         let all = || self.cluster.pods.iter().filter(|p| !p.host_network);
         match peer {
             Peer::Pods { namespaces, pods } => self.pods_of(namespaces, pods),
-            Peer::IpBlock(b) => all().filter(|p| p.ips.iter().any(|ip| b.contains(*ip))).collect(),
+            Peer::IpBlock(b) => all()
+                .filter(|p| p.ips.iter().any(|ip| b.contains(*ip)))
+                .collect(),
             Peer::Entity(Entity::All | Entity::Cluster) => all().collect(),
             Peer::Entity(Entity::World | Entity::Host) | Peer::Fqdn(_) => Vec::new(),
         }
@@ -395,13 +401,8 @@ pub fn lint(cluster: &Cluster) -> Vec<Finding> {
     selection::check(&cx, &mut out);
     redundant::check(&cx, &mut out);
     out.sort_by(|a, b| {
-        (&a.file, a.line, a.check, &a.field, &a.message).cmp(&(
-            &b.file,
-            b.line,
-            b.check,
-            &b.field,
-            &b.message,
-        ))
+        (&a.file, a.line, a.check, &a.field, &a.message)
+            .cmp(&(&b.file, b.line, b.check, &b.field, &b.message))
     });
     out.dedup();
     out

@@ -41,7 +41,11 @@ fn selector_yaml(s: &LabelSelector) -> String {
             } else {
                 format!(", values: [{}]", r.values.join(", "))
             };
-            format!("{{key: {}, operator: {}{values}}}", r.key, r.operator.as_str())
+            format!(
+                "{{key: {}, operator: {}{values}}}",
+                r.key,
+                r.operator.as_str()
+            )
         })
         .collect();
     let mut parts = Vec::new();
@@ -64,12 +68,12 @@ fn or_not_and(
     out: &mut Vec<Finding>,
 ) {
     let own = Namespaces::Named(policy.id.namespace.clone());
-    let namespaces_only = peers.iter().position(|p| {
-        matches!(p, Peer::Pods { namespaces, pods } if pods.is_empty() && *namespaces != own)
-    });
-    let pods_only = peers.iter().position(|p| {
-        matches!(p, Peer::Pods { namespaces, pods } if !pods.is_empty() && *namespaces == own)
-    });
+    let namespaces_only = peers.iter().position(
+        |p| matches!(p, Peer::Pods { namespaces, pods } if pods.is_empty() && *namespaces != own),
+    );
+    let pods_only = peers.iter().position(
+        |p| matches!(p, Peer::Pods { namespaces, pods } if !pods.is_empty() && *namespaces == own),
+    );
     let (Some(n), Some(p)) = (namespaces_only, pods_only) else {
         return;
     };
@@ -284,7 +288,12 @@ mod tests {
             "{}",
             f.message
         );
-        assert!(f.fix.contains("  podSelector: {matchLabels: {k8s-app: kube-dns}}"), "{}", f.fix);
+        assert!(
+            f.fix
+                .contains("  podSelector: {matchLabels: {k8s-app: kube-dns}}"),
+            "{}",
+            f.fix
+        );
     }
 
     #[test]
@@ -302,9 +311,15 @@ mod tests {
             + &egress_to("    - namespaceSelector: {matchLabels: {name: kube-system}}\n");
         let found = findings(Check::UnknownNamespaceLabels, &text);
         assert_eq!(found.len(), 1, "{found:?}");
-        assert!(found[0].message.contains("has the label name=kube-system"), "{}", found[0].message);
         assert!(
-            found[0].fix.contains("kubernetes.io/metadata.name: kube-system"),
+            found[0].message.contains("has the label name=kube-system"),
+            "{}",
+            found[0].message
+        );
+        assert!(
+            found[0]
+                .fix
+                .contains("kubernetes.io/metadata.name: kube-system"),
             "{}",
             found[0].fix
         );
@@ -314,7 +329,12 @@ mod tests {
     fn a_namespace_label_that_exists_is_fine() {
         let text = ns("shop", "")
             + &ns("kube-system", "name=kube-system")
-            + &pod("kube-system/coredns", "k8s-app=kube-dns", "10.0.9.53", "53/UDP,53/TCP")
+            + &pod(
+                "kube-system/coredns",
+                "k8s-app=kube-dns",
+                "10.0.9.53",
+                "53/UDP,53/TCP",
+            )
             + &pod("shop/web", "app=web", "10.0.0.1", "80")
             + &egress_to("    - namespaceSelector: {matchLabels: {name: kube-system}}\n");
         assert_eq!(findings(Check::UnknownNamespaceLabels, &text), vec![]);
@@ -322,7 +342,8 @@ mod tests {
 
     #[test]
     fn a_pod_selector_looking_in_the_wrong_namespace_is_flagged() {
-        let text = cluster_text() + &egress_to("    - podSelector: {matchLabels: {k8s-app: kube-dns}}\n");
+        let text =
+            cluster_text() + &egress_to("    - podSelector: {matchLabels: {k8s-app: kube-dns}}\n");
         let found = findings(Check::PodsInOtherNamespace, &text);
         assert_eq!(found.len(), 1, "{found:?}");
         assert!(
@@ -333,7 +354,9 @@ mod tests {
             "{}",
             found[0].message
         );
-        assert!(found[0].fix.contains("kubernetes.io/metadata.name: kube-system"));
+        assert!(found[0]
+            .fix
+            .contains("kubernetes.io/metadata.name: kube-system"));
     }
 
     #[test]

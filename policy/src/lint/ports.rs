@@ -188,7 +188,9 @@ fn l7_overridden(
                 // destination pod (the selected pod for ingress).
                 let number = match (&port.spec.port, dir) {
                     (Some(PortRef::Number(n)), _) => Some(*n),
-                    (Some(PortRef::Name(name)), Direction::Ingress) => pod.named_port(name, protocol),
+                    (Some(PortRef::Name(name)), Direction::Ingress) => {
+                        pod.named_port(name, protocol)
+                    }
                     (Some(PortRef::Name(name)), Direction::Egress) => cx
                         .cluster
                         .pods
@@ -206,7 +208,10 @@ fn l7_overridden(
                     names: &[],
                 };
                 let verdict = decide(compiled, &flow);
-                let Reason::Rule { policy: p, rule: r, .. } = verdict.reason else {
+                let Reason::Rule {
+                    policy: p, rule: r, ..
+                } = verdict.reason
+                else {
                     continue;
                 };
                 let by = &compiled.side(dir).policies[p as usize].id;
@@ -289,7 +294,10 @@ mod tests {
 
     #[test]
     fn a_declared_port_name_is_fine() {
-        assert_eq!(findings(Check::UnknownNamedPort, &(shop() + &api_from_web("http"))), vec![]);
+        assert_eq!(
+            findings(Check::UnknownNamedPort, &(shop() + &api_from_web("http"))),
+            vec![]
+        );
     }
 
     #[test]
@@ -304,8 +312,13 @@ mod tests {
         };
         let found = findings(Check::UnknownNamedPort, &(shop() + &egress("grpc")));
         assert_eq!(found.len(), 1, "{found:?}");
-        assert!(found[0].message.contains("the pods this rule can reach (shop/api)"));
-        assert_eq!(findings(Check::UnknownNamedPort, &(shop() + &egress("http"))), vec![]);
+        assert!(found[0]
+            .message
+            .contains("the pods this rule can reach (shop/api)"));
+        assert_eq!(
+            findings(Check::UnknownNamedPort, &(shop() + &egress("http"))),
+            vec![]
+        );
     }
 
     fn http_rule() -> String {
@@ -332,7 +345,10 @@ mod tests {
 
     #[test]
     fn http_rules_alone_are_fine() {
-        assert_eq!(findings(Check::L7Overridden, &(shop() + &http_rule())), vec![]);
+        assert_eq!(
+            findings(Check::L7Overridden, &(shop() + &http_rule())),
+            vec![]
+        );
         // An L4 rule on another port does not override them either.
         let text = shop() + &http_rule() + &api_from_web("9090");
         assert_eq!(findings(Check::L7Overridden, &text), vec![]);
@@ -349,7 +365,13 @@ mod tests {
         let found = findings(Check::L7Overridden, &(shop() + fqdn + &open));
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(found[0].field, "spec.egress[0].toFQDNs");
-        assert!(found[0].message.starts_with("its DNS names (toFQDNs) restrict nothing"), "{}", found[0].message);
+        assert!(
+            found[0]
+                .message
+                .starts_with("its DNS names (toFQDNs) restrict nothing"),
+            "{}",
+            found[0].message
+        );
         assert_eq!(findings(Check::L7Overridden, &(shop() + fqdn)), vec![]);
     }
 }

@@ -110,9 +110,9 @@ fn peer_within(cluster: &Cluster, a: &Peer, b: &Peer) -> bool {
 fn namespaces_within(cluster: &Cluster, a: &Namespaces, b: &Namespaces) -> bool {
     match (a, b) {
         (Namespaces::Named(x), Namespaces::Named(y)) => x == y,
-        (Namespaces::Named(x), Namespaces::Matching(sel)) => cluster
-            .namespace(x)
-            .is_some_and(|n| sel.matches(&n.labels)),
+        (Namespaces::Named(x), Namespaces::Matching(sel)) => {
+            cluster.namespace(x).is_some_and(|n| sel.matches(&n.labels))
+        }
         (Namespaces::Matching(x), Namespaces::Matching(y)) => x.implies(y),
         (Namespaces::Matching(_), Namespaces::Named(_)) => false,
     }
@@ -180,7 +180,10 @@ mod tests {
         let found = findings(Check::RedundantRule, &text);
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(found[0].field, "spec.ingress[1]");
-        assert_eq!(found[0].message, "everything this ingress rule allows, rule 0 of the same policy allows too");
+        assert_eq!(
+            found[0].message,
+            "everything this ingress rule allows, rule 0 of the same policy allows too"
+        );
     }
 
     #[test]
@@ -197,7 +200,13 @@ mod tests {
         let found = findings(Check::RedundantRule, &text);
         assert_eq!(found.len(), 1, "{found:?}");
         assert_eq!(found[0].object, "NetworkPolicy shop/api-in");
-        assert!(found[0].message.contains("NetworkPolicy shop/all-in, ingress rule 0 (test.yaml:"), "{}", found[0].message);
+        assert!(
+            found[0]
+                .message
+                .contains("NetworkPolicy shop/all-in, ingress rule 0 (test.yaml:"),
+            "{}",
+            found[0].message
+        );
     }
 
     #[test]
@@ -213,7 +222,8 @@ mod tests {
 
     #[test]
     fn of_two_identical_rules_the_later_is_flagged() {
-        let rule = "  - from: [{podSelector: {matchLabels: {app: web}}}]\n    ports: [{port: 8080}]\n";
+        let rule =
+            "  - from: [{podSelector: {matchLabels: {app: web}}}]\n    ports: [{port: 8080}]\n";
         let text = shop()
             + &netpol(
                 "shop/api-in",
@@ -232,9 +242,21 @@ mod tests {
         };
         assert!(block_within(&b("10.1.0.0/16", &[]), &b("10.0.0.0/8", &[])));
         assert!(!block_within(&b("10.0.0.0/8", &[]), &b("10.1.0.0/16", &[])));
-        assert!(block_within(&b("10.1.0.0/16", &[]), &b("10.0.0.0/8", &["10.2.0.0/16"])));
-        assert!(!block_within(&b("10.1.0.0/16", &[]), &b("10.0.0.0/8", &["10.1.2.0/24"])));
-        assert!(block_within(&b("10.1.0.0/16", &["10.1.2.0/23"]), &b("10.0.0.0/8", &["10.1.2.0/24"])));
-        assert!(!block_within(&b("10.1.0.0/16", &[]), &b("10.0.0.0/8", &["10.0.0.0/9"])));
+        assert!(block_within(
+            &b("10.1.0.0/16", &[]),
+            &b("10.0.0.0/8", &["10.2.0.0/16"])
+        ));
+        assert!(!block_within(
+            &b("10.1.0.0/16", &[]),
+            &b("10.0.0.0/8", &["10.1.2.0/24"])
+        ));
+        assert!(block_within(
+            &b("10.1.0.0/16", &["10.1.2.0/23"]),
+            &b("10.0.0.0/8", &["10.1.2.0/24"])
+        ));
+        assert!(!block_within(
+            &b("10.1.0.0/16", &[]),
+            &b("10.0.0.0/8", &["10.0.0.0/9"])
+        ));
     }
 }

@@ -68,7 +68,12 @@ pub(super) fn check(cx: &Context<'_>, out: &mut Vec<Finding>) {
 
 fn selects_no_pod(cx: &Context<'_>, policy: &Policy) -> Finding {
     let ns = &policy.id.namespace;
-    let here = cx.cluster.pods.iter().filter(|p| p.namespace == *ns).count();
+    let here = cx
+        .cluster
+        .pods
+        .iter()
+        .filter(|p| p.namespace == *ns)
+        .count();
     let elsewhere: Vec<&Pod> = cx
         .cluster
         .pods
@@ -110,7 +115,10 @@ mod tests {
             + &ns("b", "")
             + &pod("a/web", "app=web", "10.0.0.1", "80")
             + &pod("b/api", "app=api", "10.0.0.2", "80")
-            + &netpol("a/api-in", "  podSelector: {matchLabels: {app: api}}\n  policyTypes: [Ingress]\n");
+            + &netpol(
+                "a/api-in",
+                "  podSelector: {matchLabels: {app: api}}\n  policyTypes: [Ingress]\n",
+            );
         let found = findings(Check::SelectsNoPod, &text);
         assert_eq!(found.len(), 1, "{found:?}");
         assert!(
@@ -120,7 +128,8 @@ mod tests {
             "{}",
             found[0].message
         );
-        let fine = ns("a", "") + &pod("a/web", "app=web", "10.0.0.1", "80") + &netpol("a/all", DENY_IN);
+        let fine =
+            ns("a", "") + &pod("a/web", "app=web", "10.0.0.1", "80") + &netpol("a/all", DENY_IN);
         assert_eq!(findings(Check::SelectsNoPod, &fine), vec![]);
     }
 
@@ -151,12 +160,15 @@ mod tests {
         assert!(m.contains("plain/a not injected"), "{m}");
         assert!(m.contains("plain/h on the node's network"), "{m}");
         assert!(!m.contains("plain/b"), "{m}");
-        assert!(found[0].fix.contains("kubectl label namespace plain palisade.dev/inject=enabled"));
+        assert!(found[0]
+            .fix
+            .contains("kubectl label namespace plain palisade.dev/inject=enabled"));
     }
 
     #[test]
     fn injected_pods_are_fine() {
-        let text = ns("a", "") + &pod("a/web", "app=web", "10.0.0.1", "80") + &netpol("a/deny", DENY_IN);
+        let text =
+            ns("a", "") + &pod("a/web", "app=web", "10.0.0.1", "80") + &netpol("a/deny", DENY_IN);
         assert_eq!(findings(Check::NotInjected, &text), vec![]);
     }
 }
