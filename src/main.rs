@@ -3,6 +3,7 @@
 
 mod check;
 mod controller;
+mod explain;
 mod init;
 mod lint;
 mod load;
@@ -30,6 +31,9 @@ enum Command {
     Check(check::Args),
     /// Find the usual NetworkPolicy mistakes in a set of manifests (text, JSON or SARIF).
     Lint(lint::Args),
+    /// Everything that applies to one pod: its policies, what it may reach and what may
+    /// reach it, in words, and its flows.
+    Explain(explain::Args),
     /// Install the iptables rules that send a pod's traffic through its proxy (init container).
     Init(init::Args),
     /// Run the sidecar proxy that enforces one pod's policy.
@@ -49,6 +53,7 @@ fn main() -> ExitCode {
         Command::Simulate(args) => simulate::run(args),
         Command::Check(args) => check::run(args),
         Command::Lint(args) => lint::run(args),
+        Command::Explain(args) => explain::run(args),
         Command::Init(args) => init::run(args),
         Command::Proxy(args) => proxy::run(args),
         Command::Controller(args) => controller::run(args),

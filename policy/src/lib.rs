@@ -20,6 +20,7 @@ pub mod manifest;
 pub mod peer;
 pub mod policy;
 pub mod ports;
+pub mod reach;
 pub mod selector;
 pub mod simulate;
 pub mod verdict;

@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+use crate::cluster::{Cluster, Namespace, Pod};
 use crate::fqdn::NamePattern;
 use crate::selector::LabelSelector;
 
@@ -43,6 +44,16 @@ pub enum Namespaces {
     Named(String),
     /// Every namespace whose labels match.
     Matching(LabelSelector),
+}
+
+impl Namespaces {
+    /// Whether the peer looks in namespace `ns`.
+    pub fn matches(&self, ns: &Namespace) -> bool {
+        match self {
+            Namespaces::Named(name) => ns.name == *name,
+            Namespaces::Matching(sel) => sel.matches(&ns.labels),
+        }
+    }
 }
 
 /// A Cilium entity: a well-known group of peers.
@@ -98,6 +109,32 @@ pub enum Peer {
     Fqdn(Vec<NamePattern>),
     /// A Cilium entity.
     Entity(Entity),
+}
+
+impl Peer {
+    /// The pods of `cluster` the peer matches now (pods on the node's network are not pods
+    /// to a policy). Names and the world match no pod; the host is a node.
+    pub fn pods<'c>(&self, cluster: &'c Cluster) -> Vec<&'c Pod> {
+        let pods = cluster.pods.iter().filter(|p| !p.host_network);
+        match self {
+            Peer::Pods {
+                namespaces,
+                pods: sel,
+            } => pods
+                .filter(|p| sel.matches(&p.labels))
+                .filter(|p| {
+                    cluster
+                        .namespace(&p.namespace)
+                        .is_some_and(|n| namespaces.matches(n))
+                })
+                .collect(),
+            Peer::IpBlock(b) => pods
+                .filter(|p| p.ips.iter().any(|ip| b.contains(*ip)))
+                .collect(),
+            Peer::Entity(Entity::All | Entity::Cluster) => pods.collect(),
+            Peer::Entity(Entity::World | Entity::Host) | Peer::Fqdn(_) => Vec::new(),
+        }
+    }
 }
 
 impl fmt::Display for Peer {

@@ -132,28 +132,35 @@ pub fn judge(
     })
 }
 
-/// Every ordered pair of distinct pods, on every port the destination declares.
-pub fn simulate(cluster: &Cluster) -> Simulation {
+/// Every flow from one pod to the ports another declares, by protocol and port.
+pub fn pair(from: (&Pod, &PodPolicy), to: (&Pod, &PodPolicy)) -> Vec<SimFlow> {
+    let mut ports: Vec<(Protocol, u16)> = to.0.ports.iter().map(|p| (p.protocol, p.port)).collect();
+    ports.sort_by_key(|(proto, port)| (proto.as_str(), *port));
+    ports.dedup();
+    ports
+        .into_iter()
+        .filter_map(|(protocol, port)| judge(from, to, port, protocol))
+        .collect()
+}
+
+/// Every pod's compiled policy, in `cluster.pods` order.
+pub fn compile_all(cluster: &Cluster) -> Vec<Arc<PodPolicy>> {
     let compiler = Compiler::new(cluster);
-    let policies: Vec<Arc<PodPolicy>> = cluster
+    cluster
         .pods
         .iter()
         .map(|p| Arc::new(compiler.compile(p)))
-        .collect();
+        .collect()
+}
+
+/// Every ordered pair of distinct pods, on every port the destination declares.
+pub fn simulate(cluster: &Cluster) -> Simulation {
+    let policies = compile_all(cluster);
     let mut flows = Vec::new();
     for (i, from) in cluster.pods.iter().enumerate() {
         for (j, to) in cluster.pods.iter().enumerate() {
-            if i == j {
-                continue;
-            }
-            let mut ports: Vec<(Protocol, u16)> =
-                to.ports.iter().map(|p| (p.protocol, p.port)).collect();
-            ports.sort_by_key(|(proto, port)| (proto.as_str(), *port));
-            ports.dedup();
-            for (protocol, port) in ports {
-                if let Some(f) = judge((from, &policies[i]), (to, &policies[j]), port, protocol) {
-                    flows.push(f);
-                }
+            if i != j {
+                flows.extend(pair((from, &policies[i]), (to, &policies[j])));
             }
         }
     }

@@ -17,11 +17,10 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::cluster::{Cluster, Pod};
-use crate::compile::Compiler;
 use crate::compiled::PodPolicy;
 use crate::manifest::ObjectError;
-use crate::peer::{Entity, Namespaces, Peer};
 use crate::policy::{Origin, Policy, PolicyId};
+use crate::simulate::compile_all;
 
 /// How much a finding matters. The order is from the least to the most serious.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -319,13 +318,10 @@ pub(crate) struct Context<'c> {
 
 impl<'c> Context<'c> {
     fn new(cluster: &'c Cluster) -> Self {
-        let compiler = Compiler::new(cluster);
-        let compiled = cluster
-            .pods
-            .iter()
-            .map(|p| Arc::new(compiler.compile(p)))
-            .collect();
-        Self { cluster, compiled }
+        Self {
+            cluster,
+            compiled: compile_all(cluster),
+        }
     }
 
     /// The pods a policy selects, with their index in `cluster.pods`.
@@ -339,39 +335,6 @@ impl<'c> Context<'c> {
     /// policy selects say nothing about namespaces whose pods are not in the manifests.
     fn has_pods(&self, namespace: &str) -> bool {
         self.cluster.pods.iter().any(|p| p.namespace == namespace)
-    }
-
-    /// The pods a `Pods` peer picks (not on the node's network).
-    fn pods_of(
-        &self,
-        namespaces: &Namespaces,
-        pods: &crate::selector::LabelSelector,
-    ) -> Vec<&'c Pod> {
-        self.cluster
-            .pods
-            .iter()
-            .filter(|p| !p.host_network && pods.matches(&p.labels))
-            .filter(|p| match namespaces {
-                Namespaces::Named(ns) => p.namespace == *ns,
-                Namespaces::Matching(sel) => self
-                    .cluster
-                    .namespace(&p.namespace)
-                    .is_some_and(|n| sel.matches(&n.labels)),
-            })
-            .collect()
-    }
-
-    /// The pods a peer can match, whatever its kind (none for names and the host).
-    fn peer_pods(&self, peer: &Peer) -> Vec<&'c Pod> {
-        let all = || self.cluster.pods.iter().filter(|p| !p.host_network);
-        match peer {
-            Peer::Pods { namespaces, pods } => self.pods_of(namespaces, pods),
-            Peer::IpBlock(b) => all()
-                .filter(|p| p.ips.iter().any(|ip| b.contains(*ip)))
-                .collect(),
-            Peer::Entity(Entity::All | Entity::Cluster) => all().collect(),
-            Peer::Entity(Entity::World | Entity::Host) | Peer::Fqdn(_) => Vec::new(),
-        }
     }
 }
 

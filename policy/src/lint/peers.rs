@@ -97,9 +97,9 @@ fn or_not_and(
         rule.peer_origin(first).field,
         rule.peer_origin(second).field,
         peers[n],
-        pod_list(cx.peer_pods(&peers[n])),
+        pod_list(peers[n].pods(cx.cluster)),
         peers[p],
-        pod_list(cx.peer_pods(&peers[p])),
+        pod_list(peers[p].pods(cx.cluster)),
     );
     let anded = Peer::Pods {
         namespaces: namespaces.clone(),
@@ -111,14 +111,14 @@ fn or_not_and(
              podSelector):\n\
              - namespaceSelector: {}\n\
              \x20 podSelector: {}",
-            pod_list(cx.peer_pods(&anded)),
+            pod_list(anded.pods(cx.cluster)),
             selector_yaml(sel),
             selector_yaml(pods),
         ),
         _ => format!(
             "if you meant {anded} (now: {}), put the namespace label and the pod labels in one \
              endpoint selector",
-            pod_list(cx.peer_pods(&anded)),
+            pod_list(anded.pods(cx.cluster)),
         ),
     };
     out.push(Finding::at(
@@ -205,7 +205,11 @@ fn pods_in_other_namespace(
     let Namespaces::Named(ns) = namespaces else {
         return;
     };
-    if pods.is_empty() || !cx.pods_of(namespaces, pods).is_empty() {
+    let peer = Peer::Pods {
+        namespaces: namespaces.clone(),
+        pods: pods.clone(),
+    };
+    if pods.is_empty() || !peer.pods(cx.cluster).is_empty() {
         return;
     }
     let elsewhere: Vec<_> = cx

@@ -66,8 +66,8 @@ fn unknown_named_port(
         }
         Direction::Egress => {
             let mut reachable: Vec<&Pod> = match &rule.peers {
-                None => cx.cluster.pods.iter().filter(|p| !p.host_network).collect(),
-                Some(peers) => peers.iter().flat_map(|p| cx.peer_pods(p)).collect(),
+                None => Peer::Entity(Entity::All).pods(cx.cluster),
+                Some(peers) => peers.iter().flat_map(|p| p.pods(cx.cluster)).collect(),
             };
             reachable.sort_by_key(|p| p.key());
             reachable.dedup_by_key(|p| p.key());
@@ -118,14 +118,14 @@ fn unknown_named_port(
 /// Addresses that stand for a peer: its pods, an address of its block, or one outside.
 fn stand_ins(cx: &Context<'_>, peer: &Peer) -> Vec<(IpAddr, String)> {
     match peer {
-        Peer::Pods { .. } | Peer::Entity(Entity::Cluster) => cx
-            .peer_pods(peer)
+        Peer::Pods { .. } | Peer::Entity(Entity::Cluster) => peer
+            .pods(cx.cluster)
             .into_iter()
             .filter_map(|p| Some((*p.ips.first()?, p.key())))
             .collect(),
         Peer::IpBlock(b) => {
-            let pods: Vec<(IpAddr, String)> = cx
-                .peer_pods(peer)
+            let pods: Vec<(IpAddr, String)> = peer
+                .pods(cx.cluster)
                 .into_iter()
                 .filter_map(|p| Some((*p.ips.first()?, p.key())))
                 .collect();
