@@ -217,11 +217,7 @@ fn flows(out: &mut String, r: &PodReach) {
         let mut rows: BTreeMap<&str, Vec<String>> = BTreeMap::new();
         for f in r.flows.iter().filter(|f| (f.from == r.pod) == outgoing) {
             let peer = if outgoing { &f.to } else { &f.from };
-            let cell = match Cell::of(f) {
-                Cell::Allowed => ".",
-                Cell::Audit => "A",
-                _ => "X",
-            };
+            let cell = Cell::of(f).text();
             rows.entry(peer)
                 .or_default()
                 .push(format!("{}/{} {cell}", f.port, f.protocol));

@@ -3,6 +3,7 @@
 
 mod check;
 mod controller;
+mod diff;
 mod explain;
 mod init;
 mod lint;
@@ -31,6 +32,8 @@ enum Command {
     Check(check::Args),
     /// Find the usual NetworkPolicy mistakes in a set of manifests (text, JSON or SARIF).
     Lint(lint::Args),
+    /// The flows a change to the manifests opens and closes (OLD and NEW: paths or REV:PATH).
+    Diff(diff::Args),
     /// Everything that applies to one pod: its policies, what it may reach and what may
     /// reach it, in words, and its flows.
     Explain(explain::Args),
@@ -53,6 +56,7 @@ fn main() -> ExitCode {
         Command::Simulate(args) => simulate::run(args),
         Command::Check(args) => check::run(args),
         Command::Lint(args) => lint::run(args),
+        Command::Diff(args) => diff::run(args),
         Command::Explain(args) => explain::run(args),
         Command::Init(args) => init::run(args),
         Command::Proxy(args) => proxy::run(args),

@@ -30,6 +30,12 @@ pub enum Cell {
     NotProbed,
     /// `[.]` or `[X]`: observed otherwise than expected; holds what was observed.
     Differs(bool),
+    /// `[+]`: opened by a change (denied before, passes now).
+    Opened,
+    /// `[-]`: closed by a change (passed before, denied now).
+    Closed,
+    /// `[~]`: passes before and after, but audit mode's part changed.
+    AuditChanged,
 }
 
 impl Cell {
@@ -42,7 +48,8 @@ impl Cell {
         }
     }
 
-    fn text(self) -> &'static str {
+    /// The mark the cell shows.
+    pub fn text(self) -> &'static str {
         match self {
             Cell::Allowed => ".",
             Cell::Denied => "X",
@@ -50,6 +57,9 @@ impl Cell {
             Cell::NotProbed => "?",
             Cell::Differs(true) => "[.]",
             Cell::Differs(false) => "[X]",
+            Cell::Opened => "[+]",
+            Cell::Closed => "[-]",
+            Cell::AuditChanged => "[~]",
         }
     }
 }

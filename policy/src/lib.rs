@@ -11,6 +11,7 @@
 pub mod cluster;
 pub mod compile;
 pub mod compiled;
+pub mod diff;
 pub mod document;
 pub mod explain;
 pub mod fqdn;
