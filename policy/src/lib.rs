@@ -3,7 +3,9 @@
 //! It reads manifests into a [`cluster::Cluster`], compiles one pod's policy from it
 //! ([`compile::Compiler`]) into the form a proxy receives ([`compiled::PodPolicy`]), and
 //! judges flows against that ([`verdict::decide`]). `palisade simulate`, `palisade check`
-//! and the proxy all judge through the same functions.
+//! and the proxy all judge through the same functions, and so do the reviews built on them:
+//! [`lint`] (the usual mistakes), [`reach`] (everything about one pod, for `explain`) and
+//! [`diff`] (the flows a change opens and closes).
 //!
 //! This crate must never do I/O, spawn, sleep or read a clock: it is pure and synchronous,
 //! so that every policy question can be tested without a network.
