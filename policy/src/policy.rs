@@ -141,6 +141,15 @@ pub struct Rule {
 }
 
 impl Rule {
+    /// The rule's ports in words: `53/UDP, 53/TCP`, or `every port`.
+    pub fn ports_in_words(&self) -> String {
+        if self.ports.is_empty() {
+            return "every port".to_owned();
+        }
+        let words: Vec<String> = self.ports.iter().map(|p| p.spec.to_string()).collect();
+        words.join(", ")
+    }
+
     /// Where peer `index` is written (the rule's own place if it is not known).
     pub fn peer_origin(&self, index: usize) -> &Origin {
         self.peer_origins.get(index).unwrap_or(&self.origin)

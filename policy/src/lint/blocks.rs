@@ -80,12 +80,7 @@ fn holds_pods(
         cluster_ip(cx, policy, rule, index, block, nodes.is_empty(), out);
         return;
     }
-    let ports = if rule.ports.is_empty() {
-        "every port".to_owned()
-    } else {
-        let words: Vec<String> = rule.ports.iter().map(|p| p.spec.to_string()).collect();
-        words.join(", ")
-    };
+    let ports = rule.ports_in_words();
     let nodes = match nodes.len() {
         0 => String::new(),
         1 => " and of 1 node".to_owned(),

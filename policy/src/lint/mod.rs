@@ -395,16 +395,21 @@ pub(crate) mod tests {
             .collect()
     }
 
-    /// A namespace with labels (`k=v,k=v`), injected so that `not-injected` stays quiet.
-    pub(crate) fn ns(name: &str, labels: &str) -> String {
-        let mut labels: Vec<String> = labels
+    /// Labels written `k=v,k=v`, as YAML mapping entries.
+    fn yaml_labels(labels: &str) -> Vec<String> {
+        labels
             .split(',')
             .filter(|l| !l.is_empty())
             .map(|l| {
                 let (k, v) = l.split_once('=').expect("k=v");
                 format!("{k}: {v}")
             })
-            .collect();
+            .collect()
+    }
+
+    /// A namespace with labels (`k=v,k=v`), injected so that `not-injected` stays quiet.
+    pub(crate) fn ns(name: &str, labels: &str) -> String {
+        let mut labels = yaml_labels(labels);
         labels.push("palisade.dev/inject: enabled".into());
         format!(
             "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {name}, labels: {{{}}}}}\n---\n",
@@ -416,14 +421,7 @@ pub(crate) mod tests {
     /// `http:8080`).
     pub(crate) fn pod(key: &str, labels: &str, ip: &str, ports: &str) -> String {
         let (namespace, name) = key.split_once('/').expect("ns/name");
-        let labels: Vec<String> = labels
-            .split(',')
-            .filter(|l| !l.is_empty())
-            .map(|l| {
-                let (k, v) = l.split_once('=').expect("k=v");
-                format!("{k}: {v}")
-            })
-            .collect();
+        let labels = yaml_labels(labels);
         let ports: Vec<String> = ports
             .split(',')
             .filter(|p| !p.is_empty())

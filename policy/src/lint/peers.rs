@@ -81,12 +81,7 @@ fn or_not_and(
     let (Peer::Pods { namespaces, .. }, Peer::Pods { pods, .. }) = (&peers[n], &peers[p]) else {
         return;
     };
-    let ports = if rule.ports.is_empty() {
-        "every port".to_owned()
-    } else {
-        let words: Vec<String> = rule.ports.iter().map(|p| p.spec.to_string()).collect();
-        words.join(", ")
-    };
+    let ports = rule.ports_in_words();
     let verb = match dir {
         Direction::Ingress => "lets in",
         Direction::Egress => "lets the pods reach",
