@@ -5,6 +5,7 @@ mod check;
 mod controller;
 mod diff;
 mod explain;
+mod generate;
 mod init;
 mod lint;
 mod load;
@@ -37,6 +38,8 @@ enum Command {
     /// Everything that applies to one pod: its policies, what it may reach and what may
     /// reach it, in words, and its flows.
     Explain(explain::Args),
+    /// Propose least-privilege NetworkPolicies for a namespace from observed flows.
+    Generate(generate::Args),
     /// Install the iptables rules that send a pod's traffic through its proxy (init container).
     Init(init::Args),
     /// Run the sidecar proxy that enforces one pod's policy.
@@ -58,6 +61,7 @@ fn main() -> ExitCode {
         Command::Lint(args) => lint::run(args),
         Command::Diff(args) => diff::run(args),
         Command::Explain(args) => explain::run(args),
+        Command::Generate(args) => generate::run(args),
         Command::Init(args) => init::run(args),
         Command::Proxy(args) => proxy::run(args),
         Command::Controller(args) => controller::run(args),

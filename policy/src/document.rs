@@ -199,6 +199,61 @@ fn scalar(s: &Scalar<'_>) -> Value {
     }
 }
 
+/// Keys in the order Kubernetes manifests are written in; others follow, sorted.
+const KEY_ORDER: [&str; 15] = [
+    "apiVersion",
+    "kind",
+    "metadata",
+    "name",
+    "namespace",
+    "spec",
+    "namespaceSelector",
+    "podSelector",
+    "policyTypes",
+    "ingress",
+    "egress",
+    "from",
+    "to",
+    "protocol",
+    "port",
+];
+
+/// Writes JSON values as one YAML stream, a document each, as `kubectl apply -f` reads it,
+/// with keys in the order people write manifests in.
+pub fn to_yaml(docs: &[serde_json::Value]) -> String {
+    fn convert(v: &serde_json::Value) -> saphyr::Yaml<'static> {
+        use saphyr::{Mapping, Yaml};
+        match v {
+            serde_json::Value::Null => Yaml::Value(Scalar::Null),
+            serde_json::Value::Bool(b) => Yaml::Value(Scalar::Boolean(*b)),
+            serde_json::Value::Number(n) => match n.as_i64() {
+                Some(i) => Yaml::Value(Scalar::Integer(i)),
+                None => Yaml::Value(Scalar::String(n.to_string().into())),
+            },
+            serde_json::Value::String(s) => Yaml::Value(Scalar::String(s.clone().into())),
+            serde_json::Value::Array(items) => Yaml::Sequence(items.iter().map(convert).collect()),
+            serde_json::Value::Object(map) => {
+                let mut entries: Vec<_> = map.iter().collect();
+                let rank = |k: &str| KEY_ORDER.iter().position(|o| *o == k).unwrap_or(usize::MAX);
+                entries.sort_by(|a, b| (rank(a.0), a.0).cmp(&(rank(b.0), b.0)));
+                let mut out = Mapping::new();
+                for (k, v) in entries {
+                    out.insert(Yaml::Value(Scalar::String(k.clone().into())), convert(v));
+                }
+                Yaml::Mapping(out)
+            }
+        }
+    }
+    let mut out = String::new();
+    for doc in docs {
+        let mut emitter = saphyr::YamlEmitter::new(&mut out);
+        // Writing into a String cannot fail.
+        let _ = emitter.dump(&convert(doc));
+        out.push('\n');
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,6 +288,29 @@ mod tests {
                 .get_str("kind"),
             Some("B")
         );
+    }
+
+    #[test]
+    fn written_yaml_reads_back_the_same() {
+        let doc = serde_json::json!({
+            "kind": "NetworkPolicy",
+            "metadata": {"name": "p", "labels": {"flag": "true", "n": "80", "star": "*"}},
+            "spec": {"ports": [{"port": 80, "protocol": "TCP"}], "empty": {}, "list": []},
+        });
+        let text = to_yaml(&[doc.clone(), doc]);
+        let docs = parse_stream(&text);
+        assert_eq!(docs.len(), 2, "{text}");
+        let root = docs[1].root.as_ref().unwrap().as_ref().unwrap();
+        let labels = root.get("metadata").unwrap().get("labels").unwrap();
+        // Strings that look like other types stay strings.
+        assert_eq!(labels.get_str("flag"), Some("true"), "{text}");
+        assert_eq!(labels.get_str("n"), Some("80"), "{text}");
+        assert_eq!(labels.get_str("star"), Some("*"), "{text}");
+        let port = &root.get("spec").unwrap().get("ports").unwrap();
+        let Value::Seq(ports) = &port.value else {
+            panic!("a list: {text}")
+        };
+        assert_eq!(ports[0].get("port").unwrap().value, Value::Int(80));
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod diff;
 pub mod document;
 pub mod explain;
 pub mod fqdn;
+pub mod generate;
 pub mod http;
 pub mod lint;
 pub mod manifest;

@@ -13,7 +13,7 @@ use crate::ports::Protocol;
 use crate::verdict::{decide, Action, Reason};
 
 /// One side's part of a flow's verdict.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SideVerdict {
     /// Whether this side lets the flow through.
     pub allowed: bool,
@@ -40,9 +40,11 @@ pub struct SimFlow {
     pub protocol: Protocol,
     /// Whether the flow goes through: both sides let it.
     pub allowed: bool,
-    /// The source pod's egress.
+    /// The source pod's egress (may be left out of a flows file that only says `allowed`).
+    #[serde(default)]
     pub egress: SideVerdict,
-    /// The destination pod's ingress.
+    /// The destination pod's ingress (likewise).
+    #[serde(default)]
     pub ingress: SideVerdict,
 }
 
@@ -53,16 +55,16 @@ impl SimFlow {
     }
 
     /// What happens to the flow, both sides considered: `would-deny` when it passes only
-    /// because of audit mode.
+    /// because of audit mode. Flows read from JSON carry no side actions: `allowed` says it
+    /// all, and it wins over the sides when they disagree.
     pub fn action(&self) -> Action {
-        let side = |s: &SideVerdict| {
-            s.action.unwrap_or(if s.allowed {
-                Action::Allow
-            } else {
-                Action::Deny
-            })
-        };
-        side(&self.egress).and(side(&self.ingress))
+        // `allowed` is what happened (a lab's flows keep the sides it expected); the sides
+        // only tell an audit-mode pass from a plain one.
+        match (self.egress.action, self.ingress.action) {
+            (Some(e), Some(i)) if e.and(i).passes() == self.allowed => e.and(i),
+            _ if self.allowed => Action::Allow,
+            _ => Action::Deny,
+        }
     }
 }
 

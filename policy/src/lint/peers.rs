@@ -296,6 +296,36 @@ mod tests {
     }
 
     #[test]
+    fn cilium_endpoint_selectors_are_judged_alike() {
+        let policy = |endpoints: &str| {
+            format!(
+                "apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {{name: dns, namespace: shop}}\n\
+                 spec:\n  endpointSelector: {{}}\n  egress:\n  - toEndpoints: [{endpoints}]\n    toPorts: [{{ports: [{{port: \"53\", protocol: UDP}}]}}]\n---\n"
+            )
+        };
+        let two = policy(
+            "{matchLabels: {k8s:io.kubernetes.pod.namespace: kube-system}}, {matchLabels: {k8s-app: kube-dns}}",
+        );
+        let found = findings(Check::OrNotAnd, &(cluster_text() + &two));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].object, "CiliumNetworkPolicy shop/dns");
+        assert_eq!(found[0].field, "spec.egress[0].toEndpoints[1]");
+        assert!(
+            found[0].fix.contains("one endpoint selector"),
+            "{}",
+            found[0].fix
+        );
+        let one = policy(
+            "{matchLabels: {k8s:io.kubernetes.pod.namespace: kube-system, k8s-app: kube-dns}}",
+        );
+        assert_eq!(findings(Check::OrNotAnd, &(cluster_text() + &one)), vec![]);
+        assert_eq!(
+            findings(Check::PodsInOtherNamespace, &(cluster_text() + &one)),
+            vec![]
+        );
+    }
+
+    #[test]
     fn one_peer_with_both_selectors_is_fine() {
         let text = cluster_text()
             + &egress_to(
