@@ -14,7 +14,8 @@ use crate::diff::{diff, FlowDiff};
 use crate::manifest::{load_str, ObjectError, Report};
 use crate::ports::Protocol;
 use crate::selector::{LabelSelector, Labels, Operator, Requirement};
-use crate::simulate::{simulate, Simulation};
+use crate::simulate::{simulate, SideVerdict, SimFlow, Simulation};
+use crate::verdict::Action;
 
 /// Label keys that usually name a workload, tried first for selectors.
 const WORKLOAD_KEYS: [&str; 6] = [
@@ -177,6 +178,92 @@ fn rules(cluster: &Cluster, namespace: &str, seen: &Seen, peers_key: &str) -> Ve
         .collect()
 }
 
+/// A short name for a workload: the value of its one-label selector, else its first pod's.
+fn workload_name(cluster: &Cluster, w: &Workload) -> String {
+    match selector(cluster, &w.0, &w.1).match_labels.as_slice() {
+        [(_, value)] => dns_label(value),
+        _ => cluster
+            .pods
+            .iter()
+            .find(|p| workload(p) == *w)
+            .map_or_else(|| "pods".to_owned(), |p| dns_label(&p.name)),
+    }
+}
+
+/// A NetworkPolicy named `name` for workload `w`, allowing what `ingress` and `egress` saw.
+fn policy(
+    cluster: &Cluster,
+    name: &str,
+    w: &Workload,
+    ingress: Option<&Seen>,
+    egress: Option<&Seen>,
+) -> Value {
+    let namespace = w.0.as_str();
+    let mut spec = serde_json::Map::new();
+    spec.insert(
+        "podSelector".into(),
+        selector_json(&selector(cluster, namespace, &w.1)),
+    );
+    let mut types = Vec::new();
+    if let Some(seen) = ingress {
+        types.push("Ingress");
+        spec.insert(
+            "ingress".into(),
+            json!(rules(cluster, namespace, seen, "from")),
+        );
+    }
+    if let Some(seen) = egress {
+        types.push("Egress");
+        spec.insert(
+            "egress".into(),
+            json!(rules(cluster, namespace, seen, "to")),
+        );
+    }
+    spec.insert("policyTypes".into(), json!(types));
+    json!({
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": Value::Object(spec),
+    })
+}
+
+/// The smallest NetworkPolicies that let `flow` through: for each side that refuses it (or
+/// would, in audit mode), a policy selecting that side's workload with one rule naming the
+/// other side's workload on the flow's port. What `rollout status` proposes for a
+/// would-deny flow; empty when both sides allow it or an end is not a pod of `cluster`.
+pub fn allow(cluster: &Cluster, flow: &SimFlow) -> Vec<Value> {
+    let pod = |key: &str| {
+        let (ns, name) = key.split_once('/')?;
+        cluster.pod(ns, name).filter(|p| !p.host_network)
+    };
+    let (Some(from), Some(to)) = (pod(&flow.from), pod(&flow.to)) else {
+        return Vec::new();
+    };
+    let (wf, wt) = (workload(from), workload(to));
+    let name = format!(
+        "allow-{}-to-{}-{}-{}",
+        workload_name(cluster, &wf),
+        workload_name(cluster, &wt),
+        flow.protocol.as_str().to_ascii_lowercase(),
+        flow.port
+    );
+    let one = |peer: &Workload| -> Seen {
+        Seen::from([(peer.clone(), BTreeSet::from([(flow.protocol, flow.port)]))])
+    };
+    let refuses = |s: &SideVerdict| s.action.map_or(!s.allowed, |a| a != Action::Allow);
+    let mut out = Vec::new();
+    if refuses(&flow.egress) {
+        let name = format!("{name}-egress");
+        out.push(policy(cluster, &name, &wf, None, Some(&one(&wt))));
+    }
+    if refuses(&flow.ingress) {
+        let name = format!("{name}-ingress");
+        out.push(policy(cluster, &name, &wt, Some(&one(&wf)), None));
+    }
+    out
+}
+
 /// Proposes the policies of `namespace` that allow exactly the flows `observed` allowed (or
 /// let through in audit mode), for the pods of `cluster`. Flows of pods that are not in
 /// `cluster` are ignored.
@@ -219,45 +306,14 @@ pub fn propose(cluster: &Cluster, observed: &Simulation, namespace: &str) -> Pro
     let workloads: BTreeSet<&Workload> = ingress.keys().chain(egress.keys()).collect();
     let mut names = BTreeSet::new();
     for w in workloads {
-        let sel = selector(cluster, namespace, &w.1);
-        let base = match sel.match_labels.as_slice() {
-            [(_, value)] => dns_label(value),
-            _ => cluster
-                .pods
-                .iter()
-                .find(|p| workload(p) == *w)
-                .map_or_else(|| "pods".to_owned(), |p| dns_label(&p.name)),
-        };
-        let mut name = format!("generated-{base}");
+        let base = format!("generated-{}", workload_name(cluster, w));
+        let mut name = base.clone();
         let mut n = 2;
         while !names.insert(name.clone()) {
-            name = format!("generated-{base}-{n}");
+            name = format!("{base}-{n}");
             n += 1;
         }
-        let mut spec = serde_json::Map::new();
-        spec.insert("podSelector".into(), selector_json(&sel));
-        let mut types = Vec::new();
-        if let Some(seen) = ingress.get(w) {
-            types.push("Ingress");
-            spec.insert(
-                "ingress".into(),
-                json!(rules(cluster, namespace, seen, "from")),
-            );
-        }
-        if let Some(seen) = egress.get(w) {
-            types.push("Egress");
-            spec.insert(
-                "egress".into(),
-                json!(rules(cluster, namespace, seen, "to")),
-            );
-        }
-        spec.insert("policyTypes".into(), json!(types));
-        policies.push(json!({
-            "apiVersion": "networking.k8s.io/v1",
-            "kind": "NetworkPolicy",
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": Value::Object(spec),
-        }));
+        policies.push(policy(cluster, &name, w, ingress.get(w), egress.get(w)));
     }
     Proposal {
         namespace: namespace.to_owned(),
@@ -386,6 +442,54 @@ mod tests {
             .collect();
         assert_eq!(opened, ["shop/web-2 -> shop/api"]);
         assert!(d.closed.is_empty());
+    }
+
+    #[test]
+    fn allowing_one_refused_flow_opens_it_and_nothing_else() {
+        let c = cluster(&(shop() + &wanted()));
+        let before = simulate(&c);
+        let refused = before
+            .flows
+            .iter()
+            .find(|f| f.from == "shop/db" && f.to == "shop/web-1")
+            .expect("db -> web-1 is judged");
+        assert!(!refused.allowed);
+        let policies = allow(&c, refused);
+        // Both sides refuse it: one policy each.
+        assert_eq!(policies.len(), 2, "{policies:#?}");
+        assert_eq!(
+            policies[0]["metadata"]["name"],
+            "allow-db-to-web-tcp-80-egress"
+        );
+        assert_eq!(
+            policies[1]["metadata"]["name"],
+            "allow-db-to-web-tcp-80-ingress"
+        );
+        let mut next = c.clone();
+        let mut report = Report::default();
+        load_str(
+            &mut next,
+            "allow.yaml",
+            &crate::document::to_yaml(&policies),
+            &mut report,
+        );
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        next.finish();
+        let d = diff(&before, &simulate(&next));
+        let opened: Vec<String> = d
+            .opened
+            .iter()
+            .map(|c| format!("{} -> {} {}", c.from, c.to, c.port))
+            .collect();
+        // The flow, and the same flow to web-1's replica: a policy cannot tell them apart.
+        assert_eq!(
+            opened,
+            ["shop/db -> shop/web-1 80", "shop/db -> shop/web-2 80"]
+        );
+        assert!(d.closed.is_empty() && d.audit.is_empty());
+        // An allowed flow needs nothing.
+        let fine = before.flows.iter().find(|f| f.allowed).unwrap();
+        assert!(allow(&c, fine).is_empty());
     }
 
     #[test]
