@@ -13,7 +13,7 @@ pub enum Output {
     /// Tables for people.
     #[default]
     Table,
-    /// JSON for scripts, in the shape `simulate --output json` defines.
+    /// JSON for scripts (each command documents its shape in README.md).
     Json,
 }
 
