@@ -9,11 +9,16 @@ use std::process::{Command, ExitCode};
 
 use anyhow::{bail, Context as _};
 use palisade::matrix::{render, Cell, Output};
-use palisade_policy::diff::{diff, FlowChange, FlowDiff, Verdicts};
-use palisade_policy::simulate::{simulate, SideVerdict, SimFlow};
+use palisade_policy::cluster::{Cluster, Pod};
+use palisade_policy::compiled::PodPolicy;
+use palisade_policy::diff::{diff_clusters, FlowChange, FlowDiff, Verdicts};
+use palisade_policy::simulate::{compile_all, pair_where, SideVerdict, SimFlow};
 
 use crate::load::{load, Loaded};
 use crate::EXIT_BAD_INPUT;
+
+/// Above this many pods, the matrices show only the pods a change involves.
+const MATRIX_PODS: usize = 20;
 
 /// Arguments of `palisade diff`.
 #[derive(clap::Args)]
@@ -106,7 +111,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let new = load(&[new_path])?;
     old.print_report();
     new.print_report();
-    let d = diff(&simulate(&old.cluster), &simulate(&new.cluster));
+    let d = diff_clusters(&old.cluster, &new.cluster);
     match args.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&d)?),
         Output::Table => print!("{}", report(&d, &new)),
@@ -231,11 +236,35 @@ fn report(d: &FlowDiff, new: &Loaded) -> String {
         .keys()
         .map(|(_, _, proto, port)| (*proto, *port))
         .collect();
-    let sim = simulate(&new.cluster);
-    let cells: Vec<(&SimFlow, Cell)> = sim
-        .flows
+    // A large cluster's matrices keep only the pods a change involves. Verdicts come from
+    // the whole cluster's policies all the same.
+    let involved: BTreeSet<&str> = changed
+        .keys()
+        .flat_map(|(from, to, _, _)| [from.as_str(), to.as_str()])
+        .collect();
+    let mut shown: Cluster = new.cluster.clone();
+    if shown.pods.len() > MATRIX_PODS {
+        shown.pods.retain(|p| involved.contains(p.key().as_str()));
+    }
+    let policies = compile_all(&new.cluster);
+    let keep = |proto, port| tables.contains(&(proto, port));
+    let pods: Vec<(&Pod, &PodPolicy)> = new
+        .cluster
+        .pods
         .iter()
-        .filter(|f| tables.contains(&(f.protocol, f.port)))
+        .zip(policies.iter().map(|p| &**p))
+        .filter(|(p, _)| shown.pod(&p.namespace, &p.name).is_some())
+        .collect();
+    let mut flows = Vec::new();
+    for (i, from) in pods.iter().enumerate() {
+        for (j, to) in pods.iter().enumerate() {
+            if i != j {
+                flows.extend(pair_where(*from, *to, &keep));
+            }
+        }
+    }
+    let cells: Vec<(&SimFlow, Cell)> = flows
+        .iter()
         .map(|f| {
             let cell = changed
                 .get(&key(&f.from, &f.to, f.protocol, f.port))
@@ -248,7 +277,7 @@ fn report(d: &FlowDiff, new: &Loaded) -> String {
         "[+] opened   [-] closed   [~] audit verdict changed   unchanged: . allowed   X denied   \
          A audit   - same pod\n",
     );
-    out.push_str(&render(&new.cluster, &cells));
+    out.push_str(&render(&shown, &cells));
     out
 }
 

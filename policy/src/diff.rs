@@ -2,12 +2,13 @@
 //! closes, and those whose audit-mode verdict changed, from two simulations. `palisade diff`
 //! prints this, so that a policy change is reviewed as reachability rather than YAML.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::Serialize;
 
+use crate::cluster::Cluster;
 use crate::ports::Protocol;
-use crate::simulate::{SideVerdict, SimFlow, Simulation};
+use crate::simulate::{compile_all, pair, SideVerdict, SimFlow, Simulation};
 use crate::verdict::Action;
 
 /// A flow's verdict in one version: what happens, and each side's part.
@@ -84,20 +85,13 @@ fn key(f: &SimFlow) -> Key<'_> {
     (&f.from, &f.to, f.protocol, f.port)
 }
 
-/// The differences between `old` and `new`, each list in the order of the flows' identity.
-pub fn diff(old: &Simulation, new: &Simulation) -> FlowDiff {
-    let before: BTreeMap<Key<'_>, &SimFlow> = old.flows.iter().map(|f| (key(f), f)).collect();
-    let after: BTreeMap<Key<'_>, &SimFlow> = new.flows.iter().map(|f| (key(f), f)).collect();
-    let mut out = FlowDiff::default();
-    for (k, a) in &after {
-        let Some(b) = before.get(k) else {
-            out.added.push((*a).clone());
-            continue;
-        };
+impl FlowDiff {
+    /// Files one flow judged in both versions.
+    fn compare(&mut self, b: &SimFlow, a: &SimFlow) {
         let (was, now) = (b.action(), a.action());
         if was == now {
-            out.unchanged += 1;
-            continue;
+            self.unchanged += 1;
+            return;
         }
         let change = FlowChange {
             from: a.from.clone(),
@@ -108,9 +102,22 @@ pub fn diff(old: &Simulation, new: &Simulation) -> FlowDiff {
             after: Verdicts::of(a),
         };
         match (was.passes(), now.passes()) {
-            (false, true) => out.opened.push(change),
-            (true, false) => out.closed.push(change),
-            _ => out.audit.push(change),
+            (false, true) => self.opened.push(change),
+            (true, false) => self.closed.push(change),
+            _ => self.audit.push(change),
+        }
+    }
+}
+
+/// The differences between `old` and `new`, each list in the order of the flows' identity.
+pub fn diff(old: &Simulation, new: &Simulation) -> FlowDiff {
+    let before: BTreeMap<Key<'_>, &SimFlow> = old.flows.iter().map(|f| (key(f), f)).collect();
+    let after: BTreeMap<Key<'_>, &SimFlow> = new.flows.iter().map(|f| (key(f), f)).collect();
+    let mut out = FlowDiff::default();
+    for (k, a) in &after {
+        match before.get(k) {
+            Some(b) => out.compare(b, a),
+            None => out.added.push((*a).clone()),
         }
     }
     out.removed = before
@@ -121,18 +128,90 @@ pub fn diff(old: &Simulation, new: &Simulation) -> FlowDiff {
     out
 }
 
+/// The differences between the flows of two clusters, as [`diff`] of their simulations
+/// gives them, judged pair by pair so that neither simulation is ever held whole: a
+/// large cluster's simulation holds millions of flows, its change a handful.
+pub fn diff_clusters(old: &Cluster, new: &Cluster) -> FlowDiff {
+    let (old_policies, new_policies) = (compile_all(old), compile_all(new));
+    let old_index: HashMap<String, usize> = old
+        .pods
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.key(), i))
+        .collect();
+    let new_index: HashMap<String, usize> = new
+        .pods
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.key(), i))
+        .collect();
+    let mut out = FlowDiff::default();
+    for (i, from) in new.pods.iter().enumerate() {
+        for (j, to) in new.pods.iter().enumerate() {
+            if i == j {
+                continue;
+            }
+            let after = pair((from, &new_policies[i]), (to, &new_policies[j]));
+            let before = match (old_index.get(&from.key()), old_index.get(&to.key())) {
+                (Some(&oi), Some(&oj)) => pair(
+                    (&old.pods[oi], &old_policies[oi]),
+                    (&old.pods[oj], &old_policies[oj]),
+                ),
+                _ => Vec::new(),
+            };
+            for a in &after {
+                match before.iter().find(|b| key(b) == key(a)) {
+                    Some(b) => out.compare(b, a),
+                    None => out.added.push(a.clone()),
+                }
+            }
+            out.removed.extend(
+                before
+                    .into_iter()
+                    .filter(|b| !after.iter().any(|a| key(a) == key(b))),
+            );
+        }
+    }
+    // Pairs with an end that only the old version has.
+    for (i, from) in old.pods.iter().enumerate() {
+        for (j, to) in old.pods.iter().enumerate() {
+            let gone = !new_index.contains_key(&from.key()) || !new_index.contains_key(&to.key());
+            if i != j && gone {
+                out.removed
+                    .extend(pair((from, &old_policies[i]), (to, &old_policies[j])));
+            }
+        }
+    }
+    for list in [&mut out.opened, &mut out.closed, &mut out.audit] {
+        list.sort_by(|a, b| {
+            (&a.from, &a.to, a.protocol, a.port).cmp(&(&b.from, &b.to, b.protocol, b.port))
+        });
+    }
+    for list in [&mut out.added, &mut out.removed] {
+        list.sort_by(|a, b| key(a).cmp(&key(b)));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::lint::tests::{cluster, netpol, ns, pod};
     use crate::simulate::simulate;
 
-    fn shop(extra: &str) -> Simulation {
+    fn shop(extra: &str) -> Cluster {
         let text = ns("shop", "")
             + &pod("shop/web", "app=web", "10.0.0.1", "80")
             + &pod("shop/api", "app=api", "10.0.0.2", "8080,9090")
             + extra;
-        simulate(&cluster(&text))
+        cluster(&text)
+    }
+
+    /// The diff of two clusters' simulations, checked against the pair-by-pair diff.
+    fn both(old: &Cluster, new: &Cluster) -> FlowDiff {
+        let d = diff(&simulate(old), &simulate(new));
+        assert_eq!(diff_clusters(old, new), d);
+        d
     }
 
     const API_FROM_WEB: &str = "  podSelector: {matchLabels: {app: api}}\n  ingress:\n  - from: [{podSelector: {matchLabels: {app: web}}}]\n    ports: [{port: 8080}]\n";
@@ -141,7 +220,7 @@ mod tests {
     fn a_new_policy_closes_what_it_no_longer_allows() {
         let old = shop("");
         let new = shop(&netpol("shop/api-in", API_FROM_WEB));
-        let d = diff(&old, &new);
+        let d = both(&old, &new);
         let closed: Vec<String> = d
             .closed
             .iter()
@@ -152,10 +231,10 @@ mod tests {
         assert_eq!(d.closed[0].after.ingress.policies, vec!["shop/api-in"]);
         assert!(d.opened.is_empty() && d.audit.is_empty() && d.added.is_empty());
         // Reversed, the same flow opens.
-        let back = diff(&new, &old);
+        let back = both(&new, &old);
         assert_eq!(back.opened.len(), 1);
         assert!(back.closed.is_empty());
-        assert_eq!(d.unchanged, old.flows.len() - 1);
+        assert_eq!(d.unchanged, simulate(&old).flows.len() - 1);
     }
 
     #[test]
@@ -165,7 +244,7 @@ mod tests {
             &(netpol("shop/api-in", API_FROM_WEB)
                 + "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop, labels: {palisade.dev/inject: enabled}, annotations: {palisade.dev/mode: audit}}\n---\n"),
         );
-        let d = diff(&enforced, &audited);
+        let d = both(&enforced, &audited);
         // Denied before, let through by audit now: it opens, with its would-deny verdict.
         assert_eq!(d.opened.len(), 1, "{d:?}");
         assert_eq!(d.opened[0].after.action, Action::WouldDeny);
@@ -179,7 +258,7 @@ mod tests {
 ")
                 + "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop, annotations: {palisade.dev/mode: audit}}\n---\n"),
         );
-        let d = diff(&audited, &allowed);
+        let d = both(&audited, &allowed);
         assert!(d.opened.is_empty() && d.closed.is_empty(), "{d:?}");
         assert_eq!(d.audit.len(), 1, "{d:?}");
         assert_eq!(
@@ -192,11 +271,11 @@ mod tests {
     fn flows_of_new_pods_are_added_not_opened() {
         let old = shop("");
         let new = shop(&pod("shop/db", "app=db", "10.0.0.3", "5432"));
-        let d = diff(&old, &new);
+        let d = both(&old, &new);
         assert!(d.opened.is_empty() && d.closed.is_empty());
         // db's one port from web and api, and api's two and web's one from db.
         assert_eq!(d.added.len(), 5, "{:?}", d.added);
-        assert_eq!(diff(&new, &old).removed.len(), 5);
-        assert!(diff(&old, &old).is_empty());
+        assert_eq!(both(&new, &old).removed.len(), 5);
+        assert!(both(&old, &old).is_empty());
     }
 }

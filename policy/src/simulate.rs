@@ -136,7 +136,21 @@ pub fn judge(
 
 /// Every flow from one pod to the ports another declares, by protocol and port.
 pub fn pair(from: (&Pod, &PodPolicy), to: (&Pod, &PodPolicy)) -> Vec<SimFlow> {
-    let mut ports: Vec<(Protocol, u16)> = to.0.ports.iter().map(|p| (p.protocol, p.port)).collect();
+    pair_where(from, to, &|_, _| true)
+}
+
+/// The flows of [`pair`] on the ports `keep` accepts.
+pub fn pair_where(
+    from: (&Pod, &PodPolicy),
+    to: (&Pod, &PodPolicy),
+    keep: &dyn Fn(Protocol, u16) -> bool,
+) -> Vec<SimFlow> {
+    let mut ports: Vec<(Protocol, u16)> =
+        to.0.ports
+            .iter()
+            .map(|p| (p.protocol, p.port))
+            .filter(|(proto, port)| keep(*proto, *port))
+            .collect();
     ports.sort_by_key(|(proto, port)| (proto.as_str(), *port));
     ports.dedup();
     ports
