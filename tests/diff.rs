@@ -2,45 +2,14 @@
 //! verdict changed, checked against two `simulate` runs, as JSON, lists and matrices, from
 //! folders and from git revisions.
 
+mod cli;
+
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Command;
 
+use cli::{flow_key as key, json, palisade_in as palisade, root, TempDir};
 use serde_json::Value;
-
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn palisade(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_palisade"))
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("run palisade")
-}
-
-fn json(out: &Output) -> Value {
-    serde_json::from_slice(&out.stdout).expect("JSON output")
-}
-
-/// A folder of its own under the system's temporary folder, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("palisade-test-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create a temporary folder");
-        Self(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// The three-tier example with its policies replaced by the version under review, in `dir`.
 fn three_tier_v2(dir: &Path) {
@@ -56,17 +25,6 @@ fn three_tier_v2(dir: &Path) {
         dir.join("policies.yaml"),
     )
     .unwrap();
-}
-
-/// `from -> to PROTO/port` for a flow or a change.
-fn key(f: &Value) -> String {
-    format!(
-        "{} -> {} {}/{}",
-        f["from"].as_str().unwrap(),
-        f["to"].as_str().unwrap(),
-        f["protocol"].as_str().unwrap(),
-        f["port"]
-    )
 }
 
 /// The flows `simulate` allows in `path`.

@@ -1,22 +1,12 @@
 //! `palisade explain NS/POD PATH...` on the three-tier example: the pod's policies and
 //! rules in words, and its flows exactly as `simulate` judges them.
 
+mod cli;
+
 use std::collections::BTreeSet;
-use std::process::{Command, Output};
 
+use cli::{palisade, stdout};
 use serde_json::Value;
-
-fn palisade(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_palisade"))
-        .args(args)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .expect("run palisade")
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8(out.stdout.clone()).expect("UTF-8 output")
-}
 
 #[test]
 fn the_frontend_in_words() {
@@ -70,14 +60,7 @@ fn http_rules_are_spelt_out() {
 
 /// `from -> to PROTO/port allowed?` for a simulate-shaped flow.
 fn key(f: &Value) -> String {
-    format!(
-        "{} -> {} {}/{} {}",
-        f["from"].as_str().unwrap(),
-        f["to"].as_str().unwrap(),
-        f["protocol"].as_str().unwrap(),
-        f["port"],
-        f["allowed"]
-    )
+    format!("{} {}", cli::flow_key(f), f["allowed"])
 }
 
 #[test]

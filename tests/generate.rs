@@ -2,45 +2,12 @@
 //! flows give, through `palisade simulate`, exactly the observed matrix. The flows come from
 //! `simulate` and from a real lab (which needs root, like the other lab tests).
 
+mod cli;
+
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
+use cli::{flow_key, palisade, root, TempDir};
 use serde_json::Value;
-
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn palisade(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_palisade"))
-        .args(args)
-        .current_dir(root())
-        .output()
-        .expect("run palisade")
-}
-
-/// A folder of its own under the system's temporary folder, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("palisade-test-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create a temporary folder");
-        Self(dir)
-    }
-
-    fn path(&self, file: &str) -> String {
-        self.0.join(file).display().to_string()
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// The allowed flows of a flows document, as `from -> to PROTO/port`.
 fn allowed(doc: &Value) -> BTreeSet<String> {
@@ -49,15 +16,7 @@ fn allowed(doc: &Value) -> BTreeSet<String> {
         .expect("flows")
         .iter()
         .filter(|f| f["allowed"] == true)
-        .map(|f| {
-            format!(
-                "{} -> {} {}/{}",
-                f["from"].as_str().unwrap(),
-                f["to"].as_str().unwrap(),
-                f["protocol"].as_str().unwrap(),
-                f["port"]
-            )
-        })
+        .map(flow_key)
         .collect()
 }
 
