@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
+use palisade_proxy::controller_address::ControllerAddress;
 use palisade_proxy::{Config, FailMode};
 
 /// Arguments of `palisade proxy`.
@@ -20,9 +21,11 @@ pub struct Args {
     /// The pod's node address: its traffic is always allowed, even before a first policy.
     #[arg(long, env = "PALISADE_HOST_IP")]
     host_ip: Option<IpAddr>,
-    /// The controller's policy stream, e.g. http://10.0.0.1:7443.
+    /// The controller's policy stream: `http://HOST:PORT`, `HOST:PORT` or `HOST`, where
+    /// HOST is a DNS name, an IPv4 address or an IPv6 address in brackets
+    /// (`http://[fd00::1]:7443`); the port defaults to 7443.
     #[arg(long, env = "PALISADE_CONTROLLER")]
-    controller: String,
+    controller: ControllerAddress,
     /// Port of the outbound listener.
     #[arg(long, env = "PALISADE_OUTBOUND_PORT", default_value_t = 7401)]
     outbound_port: u16,

@@ -101,14 +101,31 @@ mod tests {
     use crate::config::{Config, Family};
     use crate::rules::build;
 
+    /// The filter rules of a default config, IPv4, as `-A` lines.
+    const FILTER_RULES: &str = "\
+-A PALISADE_FILTER_IN -p tcp -j RETURN
+-A PALISADE_FILTER_IN -p udp -j RETURN
+-A PALISADE_FILTER_IN -i lo -j RETURN
+-A PALISADE_FILTER_IN -p icmp -m conntrack --ctstate RELATED -j RETURN
+-A PALISADE_FILTER_IN -j DROP
+-A PALISADE_FILTER_OUT -p tcp -j RETURN
+-A PALISADE_FILTER_OUT -p udp -j RETURN
+-A PALISADE_FILTER_OUT -o lo -j RETURN
+-A PALISADE_FILTER_OUT -p icmp -m conntrack --ctstate RELATED -j RETURN
+-A PALISADE_FILTER_OUT -j DROP
+";
+
     #[test]
     fn on_an_empty_namespace_everything_is_added() {
         let input = install_input(&build(&Config::default(), Family::V4), &Saved::default());
         let filter = input.split("*filter\n").nth(1).unwrap();
         assert_eq!(
             filter,
-            ":PALISADE_FILTER - [0:0]\n-I INPUT 1 -j PALISADE_FILTER\n-I OUTPUT 1 -j PALISADE_FILTER\n\
-             -A PALISADE_FILTER -p sctp -j DROP\nCOMMIT\n"
+            format!(
+                ":PALISADE_FILTER_IN - [0:0]\n:PALISADE_FILTER_OUT - [0:0]\n\
+                 -I INPUT 1 -j PALISADE_FILTER_IN\n-I OUTPUT 1 -j PALISADE_FILTER_OUT\n\
+                 {FILTER_RULES}COMMIT\n"
+            )
         );
         assert!(input.starts_with("*nat\n:PALISADE_INBOUND - [0:0]\n:PALISADE_OUTPUT - [0:0]\n"));
         assert!(!input.contains("-D ") && !input.contains("-X "));
@@ -117,19 +134,23 @@ mod tests {
     #[test]
     fn a_rerun_adds_no_jump_and_fixes_stale_ones() {
         let desired = build(&Config::default(), Family::V4);
+        // A jump doubled by hand, and the single SCTP chain of an older palisade.
         let installed = Saved::parse(
             "*filter\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:PALISADE_FILTER - [0:0]\n\
-             :PALISADE_OLD - [0:0]\n-A INPUT -j PALISADE_FILTER\n-A INPUT -j PALISADE_FILTER\n\
-             -A INPUT -s 10.0.0.1/32 -j ACCEPT\n-A OUTPUT -j PALISADE_OLD\n\
-             -A PALISADE_FILTER -p sctp -j DROP\nCOMMIT\n",
+             :PALISADE_FILTER_IN - [0:0]\n-A INPUT -j PALISADE_FILTER_IN\n\
+             -A INPUT -j PALISADE_FILTER_IN\n-A INPUT -s 10.0.0.1/32 -j ACCEPT\n\
+             -A OUTPUT -j PALISADE_FILTER\n-A PALISADE_FILTER -p sctp -j DROP\nCOMMIT\n",
         );
         let input = install_input(&desired, &installed);
         let filter = input.split("*filter\n").nth(1).unwrap();
         assert_eq!(
             filter,
-            ":PALISADE_FILTER - [0:0]\n-D INPUT -j PALISADE_FILTER\n-D OUTPUT -j PALISADE_OLD\n\
-             -I OUTPUT 1 -j PALISADE_FILTER\n-A PALISADE_FILTER -p sctp -j DROP\n\
-             -F PALISADE_OLD\n-X PALISADE_OLD\nCOMMIT\n"
+            format!(
+                ":PALISADE_FILTER_IN - [0:0]\n:PALISADE_FILTER_OUT - [0:0]\n\
+                 -D INPUT -j PALISADE_FILTER_IN\n-D OUTPUT -j PALISADE_FILTER\n\
+                 -I OUTPUT 1 -j PALISADE_FILTER_OUT\n{FILTER_RULES}\
+                 -F PALISADE_FILTER\n-X PALISADE_FILTER\nCOMMIT\n"
+            )
         );
     }
 

@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod client;
 pub mod config;
+pub mod controller_address;
 pub mod dns;
 pub mod flowlog;
 pub mod inbound;
