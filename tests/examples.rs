@@ -165,7 +165,7 @@ fn every_example_loads_cleanly_and_every_policy_selects_a_pod() {
         );
         for pod in &cluster.pods {
             assert!(
-                pod.host_ip.is_some(),
+                !pod.host_ips.is_empty(),
                 "examples/{name}: pod {} has no status.hostIP",
                 pod.key()
             );

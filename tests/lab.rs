@@ -34,11 +34,12 @@ fn differences(observed: &[Observed]) -> Vec<String> {
         .map(|o| {
             let f = &o.expected;
             format!(
-                "{} -> {} {}/{}: expected {}, observed the opposite",
+                "{} -> {} {}/{} over {}: expected {}, observed the opposite",
                 f.from,
                 f.to,
                 f.port,
                 f.protocol,
+                f.family,
                 if f.allowed { "allowed" } else { "denied" }
             )
         })
@@ -442,7 +443,7 @@ fn serve_bad_stream(lab: &Lab, pod: &str, then: &'static [u8]) -> io::Result<()>
     let policy = Compiler::new(lab.cluster()).compile(target);
     let mut good = serde_json::to_vec(&Versioned { version: 7, policy }).unwrap();
     good.push(b'\n');
-    let node_ip = target.host_ip.unwrap();
+    let node_ip = target.host_ips[0];
     let listener = lab
         .node()
         .run(move || std::net::TcpListener::bind((node_ip, 7443)))??;
@@ -536,8 +537,7 @@ fn before_its_first_policy_a_proxy_holds_new_flows_then_applies_its_fail_mode() 
     lab.stop_controller();
     let quick = ProxyOptions {
         hold: Duration::from_millis(300),
-        fail_open: false,
-        max_files: None,
+        ..options(&[]).proxy()
     };
     // No policy arrives: after the hold, fail closed denies even what the policy allows.
     lab.start_proxy_with("x/b", &quick).unwrap();

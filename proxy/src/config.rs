@@ -22,8 +22,9 @@ pub struct Config {
     pub pod: String,
     /// The pod's own addresses, known before any policy (from the downward API).
     pub pod_ips: Vec<IpAddr>,
-    /// The pod's node, known before any policy: its traffic is always allowed.
-    pub host_ip: Option<IpAddr>,
+    /// The pod's node, its addresses of every family, known before any policy: its traffic
+    /// is always allowed.
+    pub node_ips: Vec<IpAddr>,
     /// Where the controller's policy stream is, e.g. `http://[fd00::1]:7443`.
     pub controller: ControllerAddress,
     /// Port of the outbound listener (TCP on loopback; UDP, transparent).

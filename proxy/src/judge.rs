@@ -190,7 +190,7 @@ impl Judge {
         let peer = flow.peer();
         let action = if is_loopback(peer)
             || self.config.pod_ips.contains(&peer)
-            || self.config.host_ip == Some(peer)
+            || self.config.node_ips.contains(&peer)
         {
             Action::Allow
         } else {
