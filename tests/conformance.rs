@@ -60,13 +60,6 @@ fn observe(cluster: &Cluster, family: Family) -> BTreeMap<PortPair, Matrix> {
     matrices
 }
 
-/// The family of the cluster's primary addresses: the one upstream's single-stack
-/// expectations are about.
-fn primary_family(cluster: &Cluster) -> Option<Family> {
-    let pod = cluster.pods.iter().find(|p| !p.host_network)?;
-    pod.ips.first().map(|ip| Family::of(*ip))
-}
-
 fn load(cluster: &mut Cluster, path: &Path) -> Result<(), String> {
     let text =
         fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
@@ -95,10 +88,9 @@ fn check(case: &Case) -> Result<String, String> {
 
     let pods: Vec<String> = cluster.pods.iter().map(|p| p.key()).collect();
     let expectation = Expectation::read(case, &pods)?;
-    let primary = primary_family(&cluster).ok_or("the case has no pod with an address")?;
-    let mut families = vec![primary];
-    if !case.names_addresses() {
-        families.extend(Family::ALL.into_iter().filter(|f| *f != primary));
+    let families = expect::families(case, &cluster);
+    if families.is_empty() {
+        return Err("the case has no pod with an address".into());
     }
     let mut report = String::new();
     for family in families {

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod netns;
 pub mod network;
 pub mod processes;
+pub mod raw;
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -110,6 +111,7 @@ pub struct Lab {
     injected: BTreeSet<String>,
     manifests: PathBuf,
     options: LabOptions,
+    peers: agent::Peers,
     workdir: WorkDir,
 }
 
@@ -269,6 +271,7 @@ impl Lab {
             .map(Pod::key)
             .collect();
 
+        let peers = agent::Peers::default();
         {
             let _inside = runtime.enter();
             for pod in &cluster.pods {
@@ -285,9 +288,9 @@ impl Lab {
                         );
                         continue;
                     }
-                    agent::serve(ns, &pod.ips, port, protocol, &pod.key()).with_context(|| {
-                        format!("serving {port}/{protocol} in pod {}", pod.key())
-                    })?;
+                    agent::serve(ns, &pod.ips, port, protocol, &pod.key(), &peers).with_context(
+                        || format!("serving {port}/{protocol} in pod {}", pod.key()),
+                    )?;
                 }
             }
         }
@@ -308,6 +311,7 @@ impl Lab {
             injected,
             manifests,
             options,
+            peers,
             workdir,
         };
         lab.wait_ready(READY_TIMEOUT)?;
@@ -523,6 +527,16 @@ impl Lab {
             std::thread::sleep(Duration::from_millis(20));
         }
         Ok(())
+    }
+
+    /// The calls a pod's servers received so far (the lab keeps the most recent
+    /// [`agent::Peers::KEPT`]), oldest first: who its app saw calling.
+    pub fn calls_to(&self, pod: &str) -> Vec<agent::Accepted> {
+        self.peers
+            .all()
+            .into_iter()
+            .filter(|a| a.pod == pod)
+            .collect()
     }
 
     /// The flow log lines a pod's proxy wrote so far.

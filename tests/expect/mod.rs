@@ -16,7 +16,8 @@
 //!
 //! Upstream runs each scenario on a single-stack cluster, so a matrix is about the pods'
 //! primary addresses. On the model's dual-stack pods it holds for the other family too,
-//! except in cases whose policies name addresses (`ipBlock`): those name one family.
+//! except in cases whose policies name addresses (`ipBlock`): those hold for the family of
+//! the addresses named.
 
 // Each test crate that includes this module uses a part of it.
 #![allow(dead_code)]
@@ -26,6 +27,7 @@ use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use palisade_policy::cluster::{Cluster, Family};
 use palisade_policy::ports::Protocol;
 
 pub fn conformance_dir() -> PathBuf {
@@ -341,9 +343,22 @@ impl Case {
             .to_owned()
     }
 
-    /// Whether its policies name addresses (`ipBlock`), and so hold for one family only.
-    pub fn names_addresses(&self) -> bool {
-        fs::read_to_string(&self.yaml_path).is_ok_and(|t| t.contains("ipBlock"))
+    /// The families of the addresses its policies name (`ipBlock` CIDRs); empty when
+    /// they name none.
+    pub fn named_families(&self) -> BTreeSet<Family> {
+        let text = fs::read_to_string(&self.yaml_path).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| l.trim().strip_prefix("cidr:"))
+            .filter_map(|cidr| {
+                cidr.trim()
+                    .trim_matches('"')
+                    .split('/')
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .map(Family::of)
+            .collect()
     }
 }
 
@@ -361,6 +376,33 @@ pub fn cases() -> Vec<Case> {
         .collect();
     names.sort();
     names.iter().map(|n| Case::named(n)).collect()
+}
+
+/// The family of a cluster's primary addresses (its first pod on a network of its own):
+/// the one upstream's single-stack expectations are about.
+pub fn primary_family(cluster: &Cluster) -> Option<Family> {
+    let pod = cluster.pods.iter().find(|p| !p.host_network)?;
+    pod.ips.first().map(|ip| Family::of(*ip))
+}
+
+/// The families a case's matrices hold for on `cluster`. A case that names no address
+/// holds for every family. One that does (`ipBlock`) holds for the cluster's primary
+/// family when its addresses are of that family, and for no family otherwise (an IPv4
+/// block on an IPv6-only copy of the case): then only `simulate` tells what to expect.
+pub fn families(case: &Case, cluster: &Cluster) -> Vec<Family> {
+    let Some(primary) = primary_family(cluster) else {
+        return Vec::new();
+    };
+    let named = case.named_families();
+    if named.is_empty() {
+        let mut families = vec![primary];
+        families.extend(Family::ALL.into_iter().filter(|f| *f != primary));
+        families
+    } else if named.contains(&primary) {
+        vec![primary]
+    } else {
+        Vec::new()
+    }
 }
 
 /// A case's `.expect` file, its matrices in the order of a cluster's pods.
