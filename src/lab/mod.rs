@@ -493,6 +493,15 @@ impl Lab {
         &self.network.node_ips
     }
 
+    /// Runs `palisade init` in an injected pod again, as a restarted init container would:
+    /// it puts back whatever was changed in its rules.
+    pub fn install_rules(&self, pod: &str) -> anyhow::Result<()> {
+        let p = self.pod(pod)?;
+        let ns = self.network.netns_of(p);
+        self.processes.init(ns, p, &self.network.node_ips)?;
+        Ok(())
+    }
+
     /// Stops a pod's proxy: the pod's traffic must then be refused, never passed.
     pub fn stop_proxy(&mut self, pod: &str) {
         self.processes.stop_proxy(pod);
