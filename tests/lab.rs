@@ -1187,7 +1187,11 @@ fn the_lab_command_prints_simulate_shaped_json_and_cleans_up_even_when_interrupt
     );
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let flows = json["flows"].as_array().unwrap();
-    assert_eq!(flows.len(), 12, "3 pods, 2 others each, 2 ports");
+    assert_eq!(
+        flows.len(),
+        36,
+        "3 pods, to each pod (itself included), 2 ports, IPv4 and IPv6"
+    );
     let keys: Vec<&str> = flows[0]
         .as_object()
         .unwrap()
@@ -1196,14 +1200,22 @@ fn the_lab_command_prints_simulate_shaped_json_and_cleans_up_even_when_interrupt
         .collect();
     assert_eq!(
         keys,
-        ["allowed", "egress", "from", "ingress", "port", "protocol", "to"]
+        ["allowed", "egress", "family", "from", "ingress", "port", "protocol", "to"]
     );
     let denied: Vec<String> = flows
         .iter()
         .filter(|f| f["allowed"] == false)
-        .map(|f| format!("{} {}", f["from"], f["port"]))
+        .map(|f| format!("{} {} {} {}", f["from"], f["to"], f["port"], f["family"]))
         .collect();
-    assert_eq!(denied, ["\"x/c\" 80", "\"x/c\" 81"]);
+    assert_eq!(
+        denied,
+        [
+            "\"x/c\" \"x/b\" 80 \"IPv4\"",
+            "\"x/c\" \"x/b\" 80 \"IPv6\"",
+            "\"x/c\" \"x/b\" 81 \"IPv4\"",
+            "\"x/c\" \"x/b\" 81 \"IPv6\""
+        ]
+    );
 
     let mut child = Command::new(BINARY)
         .args(["lab", "tests/lab/pair", "--keep"])
