@@ -14,6 +14,8 @@
 //!   neighbour discovery and MLD, traffic with the pod's node, and ICMP echo when the pod
 //!   allows it. TCP and UDP pass here because nat and mangle send them to the proxy.
 
+use std::net::IpAddr;
+
 use ipnet::IpNet;
 
 use crate::config::{Config, Family};
@@ -69,22 +71,9 @@ fn table(name: &str, chains: &[&str], rules: Vec<Rule>) -> Table {
     }
 }
 
-/// The DNS servers of this family, as iptables-save prints them (`/32`, `/128`).
-fn dns_servers(config: &Config, family: Family) -> Vec<IpNet> {
-    config
-        .dns_servers
-        .iter()
-        .copied()
-        .filter(|ip| family.holds(*ip))
-        .map(IpNet::from)
-        .collect()
-}
-
-/// The node's addresses of this family, as iptables-save prints them.
-fn node_ips(config: &Config, family: Family) -> Vec<IpNet> {
-    config
-        .node_ips
-        .iter()
+/// The addresses of this family, as iptables-save prints them (`/32`, `/128`).
+fn hosts(ips: &[IpAddr], family: Family) -> Vec<IpNet> {
+    ips.iter()
         .copied()
         .filter(|ip| family.holds(*ip))
         .map(IpNet::from)
@@ -127,7 +116,7 @@ fn nat(config: &Config, family: Family) -> Table {
         OUTPUT,
         format!("-m owner --uid-owner {uid} -j RETURN"),
     ));
-    for server in dns_servers(config, family) {
+    for server in hosts(&config.dns_servers, family) {
         for proto in ["udp", "tcp"] {
             rules.push(Rule::new(
                 OUTPUT,
@@ -210,7 +199,7 @@ fn mangle(config: &Config, family: Family) -> Table {
         format!("-m conntrack --ctdir REPLY -m connmark --mark {mark:#x} -j RETURN"),
     ));
     // DNS goes to the DNS listener through the nat table, unmarked.
-    for server in dns_servers(config, family) {
+    for server in hosts(&config.dns_servers, family) {
         rules.push(Rule::new(
             UDP_OUT,
             format!("-d {server} -p udp -m udp --dport 53 -j RETURN"),
@@ -275,7 +264,7 @@ fn filter_side(config: &Config, family: Family, incoming: bool) -> Vec<Rule> {
         Rule::new(chain, "-p udp -j RETURN"),
         Rule::new(chain, format!("{iface} lo -j RETURN")),
     ];
-    for node in node_ips(config, family) {
+    for node in hosts(&config.node_ips, family) {
         rules.push(Rule::new(chain, format!("{peer} {node} -j RETURN")));
     }
     // Errors about a connection conntrack knows (unreachable, too big, time exceeded,
