@@ -3,7 +3,7 @@
 //! address), and relaying an allowed connection for as long as the policy keeps allowing it.
 
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -168,7 +168,7 @@ enum Fallback {
 /// connect to `dst`. The app's replies, addressed to the client, come back to it through
 /// the mark and route `palisade init` installs.
 fn transparent_socket(client: SocketAddr, dst: SocketAddr) -> Result<TcpSocket, Fallback> {
-    let first = bind_transparent(client.ip(), dst)?;
+    let first = bind_transparent(client, dst)?;
     let port = first
         .local_addr()
         .ok()
@@ -180,19 +180,19 @@ fn transparent_socket(client: SocketAddr, dst: SocketAddr) -> Result<TcpSocket, 
     // The client's own port would give the same addresses and ports as the client's
     // connection, which conntrack already redirects to the proxy: take another. The first
     // socket holds that port while the second binds.
-    let second = bind_transparent(client.ip(), dst)?;
+    let second = bind_transparent(client, dst)?;
     drop(first);
     Ok(TcpSocket::from_std_stream(second.into()))
 }
 
-/// A non-blocking TCP socket bound to `ip` (a port the kernel picks), which need not be
-/// an address of the pod.
-fn bind_transparent(ip: IpAddr, dst: SocketAddr) -> Result<Socket, Fallback> {
+/// A non-blocking TCP socket bound to the client's address (a port the kernel picks),
+/// which need not be an address of the pod.
+fn bind_transparent(client: SocketAddr, dst: SocketAddr) -> Result<Socket, Fallback> {
     let socket =
         Socket::new(Domain::for_address(dst), Type::STREAM, None).map_err(Fallback::Bind)?;
-    let transparent = match ip {
-        IpAddr::V4(_) => socket.set_ip_transparent_v4(true),
-        IpAddr::V6(_) => socket.set_ip_transparent_v6(true),
+    let transparent = match client {
+        SocketAddr::V4(_) => socket.set_ip_transparent_v4(true),
+        SocketAddr::V6(_) => socket.set_ip_transparent_v6(true),
     };
     match transparent {
         Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM | libc::EACCES)) => {
@@ -201,9 +201,10 @@ fn bind_transparent(ip: IpAddr, dst: SocketAddr) -> Result<Socket, Fallback> {
         r => r.map_err(Fallback::Bind)?,
     }
     socket.set_nonblocking(true).map_err(Fallback::Bind)?;
-    socket
-        .bind(&SocketAddr::new(ip, 0).into())
-        .map_err(Fallback::Bind)?;
+    // Any port; a link-local address keeps its interface.
+    let mut local = client;
+    local.set_port(0);
+    socket.bind(&local.into()).map_err(Fallback::Bind)?;
     Ok(socket)
 }
 
