@@ -744,6 +744,41 @@ fn the_app_sees_its_clients_own_addresses_through_one_and_two_hops() {
             }
         }
     }
+    // A client on the very port the kernel picks first for the proxy's connection (bind
+    // prefers odd ports): the proxy takes another, or its connection would be the client's
+    // own in conntrack's eyes.
+    run_in(
+        lab.netns("x/guarded").unwrap(),
+        "sysctl",
+        &["-qw", "net.ipv4.ip_local_port_range=40000 40001"],
+    );
+    let since = lab.calls_to("x/guarded").len();
+    let from = SocketAddr::new(ip_of(&lab, "x/plain-a", false), 40001);
+    let to = addr(&lab, "x/guarded", false, 80);
+    let name = lab
+        .netns("x/plain-a")
+        .unwrap()
+        .run(move || -> io::Result<String> {
+            use socket2::{Domain, Socket, Type};
+            use std::io::Read;
+            let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+            socket.set_reuse_address(true)?;
+            socket.bind(&from.into())?;
+            socket.connect_timeout(&to.into(), Duration::from_secs(2))?;
+            socket.set_read_timeout(Some(Duration::from_secs(2)))?;
+            let mut buf = [0u8; 64];
+            let n = (&socket).read(&mut buf)?;
+            Ok(String::from_utf8_lossy(&buf[..n]).trim().to_owned())
+        })
+        .unwrap();
+    assert_eq!(name.ok().as_deref(), Some("x/guarded"), "from port 40001");
+    let seen: Vec<SocketAddr> = lab.calls_to("x/guarded")[since..]
+        .iter()
+        .map(|c| c.peer)
+        .collect();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].ip(), from.ip());
+    assert_ne!(seen[0].port(), 40001, "{seen:?}");
     assert_eq!(
         metric(
             &lab,

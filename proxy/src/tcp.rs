@@ -105,17 +105,15 @@ async fn connect_within(
 static TRANSPARENT: AtomicBool = AtomicBool::new(true);
 
 /// Checks at start that the proxy may connect to the app from its clients' addresses, and
-/// says so (log and metric) when it may not. Returns whether it may.
-pub fn check_transparent() -> bool {
-    let may = match Socket::new(Domain::IPV4, Type::STREAM, None) {
-        Ok(socket) => socket.set_ip_transparent_v4(true).is_ok(),
-        Err(_) => false,
-    };
-    if !may {
+/// says so (log and metric) when it may not.
+pub fn check_transparent() {
+    let may = Socket::new(Domain::IPV4, Type::STREAM, None)
+        .is_ok_and(|socket| socket.set_ip_transparent_v4(true).is_ok());
+    if may {
+        ::metrics::gauge!(metrics::INBOUND_TRANSPARENT).set(1.0);
+    } else {
         cannot_be_transparent();
     }
-    ::metrics::gauge!(metrics::INBOUND_TRANSPARENT).set(if may { 1.0 } else { 0.0 });
-    may
 }
 
 fn cannot_be_transparent() {
