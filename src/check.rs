@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail};
-use palisade_policy::cluster::{Cluster, Pod};
+use palisade_policy::cluster::{Cluster, Family, Pod};
 use palisade_policy::compile::Compiler;
 use palisade_policy::explain::{explain, Explanation, Question, SideExplanation};
 use palisade_policy::fqdn::normalize;
@@ -66,9 +66,10 @@ fn parse_protocol(s: &str) -> Result<Protocol, String> {
     Protocol::parse(s).ok_or_else(|| format!("{s:?} is not a protocol: use TCP, UDP or SCTP"))
 }
 
-/// An end of the flow as the user named it.
+/// An end of the flow as the user named it: a pod (by name, or by one of its addresses),
+/// or an address that is no pod's.
 enum Target<'c> {
-    Pod(&'c Pod),
+    Pod(&'c Pod, Option<IpAddr>),
     Ip(IpAddr),
 }
 
@@ -80,7 +81,7 @@ fn resolve<'c>(cluster: &'c Cluster, s: &str) -> anyhow::Result<Target<'c>> {
                 .iter()
                 .find(|p| p.ips.contains(&ip) && !p.host_network)
             {
-                Some(pod) => Target::Pod(pod),
+                Some(pod) => Target::Pod(pod, Some(ip)),
                 None => Target::Ip(ip),
             },
         );
@@ -88,13 +89,16 @@ fn resolve<'c>(cluster: &'c Cluster, s: &str) -> anyhow::Result<Target<'c>> {
     let Some((ns, name)) = s.split_once('/') else {
         bail!("{s:?} is neither NAMESPACE/POD nor an IP address");
     };
-    cluster.pod(ns, name).map(Target::Pod).ok_or_else(|| {
-        let known: Vec<String> = cluster.pods.iter().map(Pod::key).collect();
-        anyhow!(
-            "no pod {s} in the manifests; the pods are: {}",
-            known.join(", ")
-        )
-    })
+    cluster
+        .pod(ns, name)
+        .map(|p| Target::Pod(p, None))
+        .ok_or_else(|| {
+            let known: Vec<String> = cluster.pods.iter().map(Pod::key).collect();
+            anyhow!(
+                "no pod {s} in the manifests; the pods are: {}",
+                known.join(", ")
+            )
+        })
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -149,24 +153,25 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let names: Vec<Arc<str>> = args.host.iter().map(|h| Arc::from(normalize(h))).collect();
 
     let from_policy = match &from {
-        Target::Pod(p) => Some((compiler.compile(p), p.ips.first().copied())),
+        Target::Pod(p, _) => Some((compiler.compile(p), p.ips.first().copied())),
         Target::Ip(_) => None,
     };
     let mut answers = Vec::new();
     for (dest, backend_port) in &destinations {
-        let (to_policy, to_ip) = match dest {
-            Target::Pod(p) => (
+        let (to_policy, to_ips) = match dest {
+            Target::Pod(p, ip) => (
                 Some(compiler.compile(p)),
-                *p.ips
-                    .first()
-                    .ok_or_else(|| anyhow!("pod {} has no address", p.key()))?,
+                match ip {
+                    Some(ip) => vec![*ip],
+                    None => addresses_to_judge(p, &from)?,
+                },
             ),
-            Target::Ip(ip) => (None, *ip),
+            Target::Ip(ip) => (None, vec![*ip]),
         };
         let port = match (backend_port, args.port.parse::<u16>(), dest) {
             (Some(p), _, _) => *p,
             (None, Ok(p), _) => p,
-            (None, Err(_), Target::Pod(pod)) => {
+            (None, Err(_), Target::Pod(pod, _)) => {
                 pod.named_port(&args.port, args.protocol).ok_or_else(|| {
                     anyhow!(
                         "pod {} declares no {} port named {:?}",
@@ -180,21 +185,24 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 bail!("a port name needs a pod destination; give a number")
             }
         };
-        let from_ip = match (&from, &from_policy) {
-            (Target::Pod(p), _) => p
-                .ip_like(to_ip)
-                .ok_or_else(|| anyhow!("pod {} has no address", p.key()))?,
-            (Target::Ip(ip), _) => *ip,
-        };
-        let q = Question {
-            from: (from_policy.as_ref().map(|(p, _)| p), from_ip),
-            to: (to_policy.as_ref(), to_ip),
-            port,
-            protocol: args.protocol,
-            request: request.as_ref().map(|r| r as _),
-            names: &names,
-        };
-        answers.push(explain(cluster, &q));
+        for to_ip in to_ips {
+            let from_ip = match &from {
+                Target::Pod(_, Some(ip)) if Family::of(*ip) == Family::of(to_ip) => *ip,
+                Target::Pod(p, _) => p
+                    .ip_like(to_ip)
+                    .ok_or_else(|| anyhow!("pod {} has no address", p.key()))?,
+                Target::Ip(ip) => *ip,
+            };
+            let q = Question {
+                from: (from_policy.as_ref().map(|(p, _)| p), from_ip),
+                to: (to_policy.as_ref(), to_ip),
+                port,
+                protocol: args.protocol,
+                request: request.as_ref().map(|r| r as _),
+                names: &names,
+            };
+            answers.push(explain(cluster, &q));
+        }
     }
 
     match args.output {
@@ -218,6 +226,31 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
+    })
+}
+
+/// The addresses of a destination pod named by name to judge a flow to: one per family
+/// the source can reach it over (a dual-stack pair is judged over each, since policies can
+/// treat the two addresses differently), primary first; the primary alone when they share
+/// no family.
+fn addresses_to_judge(to: &Pod, from: &Target<'_>) -> anyhow::Result<Vec<IpAddr>> {
+    let primary = *to
+        .ips
+        .first()
+        .ok_or_else(|| anyhow!("pod {} has no address", to.key()))?;
+    let shared: Vec<IpAddr> = to
+        .ips
+        .iter()
+        .copied()
+        .filter(|ip| match from {
+            Target::Pod(_, Some(from)) | Target::Ip(from) => Family::of(*from) == Family::of(*ip),
+            Target::Pod(p, None) => p.ip_of(Family::of(*ip)).is_some(),
+        })
+        .collect();
+    Ok(if shared.is_empty() {
+        vec![primary]
+    } else {
+        shared
     })
 }
 

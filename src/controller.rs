@@ -14,8 +14,9 @@ pub struct Args {
     /// Manifest files or folders to read, and read again when they change.
     #[arg(long, env = "PALISADE_SOURCE", required = true, value_delimiter = ',')]
     source: Vec<PathBuf>,
-    /// Where proxies connect for their policy streams (HTTP/2).
-    #[arg(long, env = "PALISADE_LISTEN", default_value = "0.0.0.0:7443")]
+    /// Where proxies connect for their policy streams (HTTP/2); the default takes every
+    /// address of both families, so that IPv6-only and dual-stack clusters reach it.
+    #[arg(long, env = "PALISADE_LISTEN", default_value = "[::]:7443")]
     listen: SocketAddr,
     /// Where /metrics and /healthz are served.
     #[arg(long, env = "PALISADE_METRICS", default_value = "0.0.0.0:9090")]

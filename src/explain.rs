@@ -63,8 +63,9 @@ pub fn render(r: &PodReach) -> String {
     let mut out = String::new();
     let ips: Vec<String> = r.ips.iter().map(|ip| ip.to_string()).collect();
     let _ = write!(out, "{} ({}", r.pod, ips.join(", "));
-    if let Some(node) = r.node {
-        let _ = write!(out, ", on node {node}");
+    if !r.node.is_empty() {
+        let node: Vec<String> = r.node.iter().map(|ip| ip.to_string()).collect();
+        let _ = write!(out, ", on node {}", node.join(", "));
     }
     out.push_str(")\n");
     let mode = match r.mode {

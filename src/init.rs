@@ -9,7 +9,9 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use palisade_init::apply;
-use palisade_init::config::{parse_cidrs, parse_dns_servers, parse_ports, read_resolv_conf};
+use palisade_init::config::{
+    parse_cidrs, parse_dns_servers, parse_node_ips, parse_ports, read_resolv_conf,
+};
 use palisade_init::iptables::{self, Backend, IptablesMode};
 use palisade_init::ipv6::Ipv6Mode;
 use palisade_init::{Config, Family};
@@ -86,6 +88,19 @@ pub struct Args {
         value_delimiter = ','
     )]
     dns_servers: Vec<String>,
+    /// The pod's node addresses (the downward API's `status.hostIPs`), comma-separated:
+    /// every protocol passes to and from them, as NetworkPolicy requires.
+    #[arg(
+        long,
+        env = "PALISADE_NODE_IPS",
+        value_name = "ADDRS",
+        value_delimiter = ','
+    )]
+    node_ips: Vec<String>,
+    /// Let ICMP echo (ping) in and out of the pod; other protocols than TCP and UDP stay
+    /// dropped. Set from the pod annotation `palisade.dev/allow-icmp: "true"`.
+    #[arg(long, env = "PALISADE_ALLOW_ICMP")]
+    allow_icmp: bool,
     /// Where to read the default DNS servers.
     #[arg(long, env = "PALISADE_RESOLV_CONF", default_value = "/etc/resolv.conf")]
     resolv_conf: PathBuf,
@@ -180,6 +195,8 @@ fn config(args: &Args) -> anyhow::Result<Config> {
         skip_outbound_ports: parse_ports("--skip-outbound-ports", &args.skip_outbound_ports)?,
         skip_outbound_cidrs: parse_cidrs("--skip-outbound-cidrs", &args.skip_outbound_cidrs)?,
         dns_servers,
+        node_ips: parse_node_ips(&args.node_ips)?,
+        allow_icmp: args.allow_icmp,
         ..Config::default()
     })
 }

@@ -1,10 +1,12 @@
 //! Reachability matrices in the style of the upstream e2e tables: one per port and
-//! protocol, rows are sources, columns the pods that declare the port.
+//! protocol, rows are sources, columns the pods that declare the port. Between dual-stack
+//! pods a cell stands for both families: `.` or `X` when they agree, `4` or `6` when only
+//! that family's addresses are allowed.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use palisade_policy::cluster::Cluster;
+use palisade_policy::cluster::{Cluster, Family};
 use palisade_policy::simulate::SimFlow;
 
 /// How commands that judge many flows print them.
@@ -62,14 +64,51 @@ impl Cell {
             Cell::AuditChanged => "[~]",
         }
     }
+
+    /// Whether the flow gets through: as observed where that differs from expected.
+    fn passes(self) -> Option<bool> {
+        match self {
+            Cell::Allowed | Cell::Audit | Cell::Opened | Cell::AuditChanged => Some(true),
+            Cell::Denied | Cell::Closed => Some(false),
+            Cell::NotProbed => None,
+            Cell::Differs(seen) => Some(seen),
+        }
+    }
+}
+
+/// What one cell shows for the flows of every family between two pods: the cell they all
+/// share, or the family whose flow alone gets through (`4`, `6`; in brackets when that is
+/// observed, differing from expected).
+fn merged(cells: &[(Family, Cell)]) -> String {
+    if let Some((_, first)) = cells.first() {
+        if cells.iter().all(|(_, c)| c == first) {
+            return first.text().to_owned();
+        }
+    }
+    let passing: Vec<Family> = cells
+        .iter()
+        .filter(|(_, c)| c.passes() == Some(true))
+        .map(|(f, _)| *f)
+        .collect();
+    let summary = match passing.as_slice() {
+        [] => "X",
+        [Family::V4] => "4",
+        [Family::V6] => "6",
+        _ => ".",
+    };
+    if cells.iter().any(|(_, c)| matches!(c, Cell::Differs(_))) {
+        format!("[{summary}]")
+    } else {
+        summary.to_owned()
+    }
 }
 
 /// The legend printed above the tables.
-pub const LEGEND: &str =
-    ". allowed   X denied   A denied, but let through by audit mode   - same pod";
+pub const LEGEND: &str = ". allowed   X denied   A denied, but let through by audit mode   \
+                          4 6 allowed over IPv4 or IPv6 only   - same pod";
 
-/// One table's cells by (from, to).
-type Table<'a> = BTreeMap<(&'a str, &'a str), Cell>;
+/// One table's cells by (from, to), each family's.
+type Table<'a> = BTreeMap<(&'a str, &'a str), Vec<(Family, Cell)>>;
 
 /// Renders one table per port and protocol of `cells` (keyed by flow).
 pub fn render(cluster: &Cluster, cells: &[(&SimFlow, Cell)]) -> String {
@@ -78,7 +117,9 @@ pub fn render(cluster: &Cluster, cells: &[(&SimFlow, Cell)]) -> String {
         tables
             .entry((f.protocol.as_str(), f.port))
             .or_default()
-            .insert((f.from.as_str(), f.to.as_str()), *cell);
+            .entry((f.from.as_str(), f.to.as_str()))
+            .or_default()
+            .push((f.family, *cell));
     }
     let pods: Vec<String> = cluster.pods.iter().map(|p| p.key()).collect();
     let width = pods.iter().map(String::len).max().unwrap_or(0);
@@ -103,12 +144,12 @@ pub fn render(cluster: &Cluster, cells: &[(&SimFlow, Cell)]) -> String {
         for from in &pods {
             let _ = write!(out, "{from:width$}");
             for to in &columns {
-                let mark = if from == to {
-                    "-"
-                } else {
-                    cells
-                        .get(&(from.as_str(), to.as_str()))
-                        .map_or(" ", |c| c.text())
+                // A pod's flows to itself show only where they were given (the lab probes
+                // them; simulate leaves them out).
+                let mark = match cells.get(&(from.as_str(), to.as_str())) {
+                    Some(family_cells) => merged(family_cells),
+                    None if from == to => "-".to_owned(),
+                    None => " ".to_owned(),
                 };
                 let _ = write!(out, "  {mark:^w$}", w = to.len());
             }
@@ -116,4 +157,29 @@ pub fn render(cluster: &Cluster, cells: &[(&SimFlow, Cell)]) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn families_that_agree_show_one_mark_and_those_that_differ_name_the_one_allowed() {
+        let v4 = |c| (Family::V4, c);
+        let v6 = |c| (Family::V6, c);
+        assert_eq!(merged(&[v4(Cell::Allowed), v6(Cell::Allowed)]), ".");
+        assert_eq!(merged(&[v4(Cell::Denied)]), "X");
+        assert_eq!(merged(&[v4(Cell::Allowed), v6(Cell::Denied)]), "4");
+        assert_eq!(merged(&[v4(Cell::Denied), v6(Cell::Audit)]), "6");
+        // Observed otherwise than expected: in brackets, what was observed.
+        assert_eq!(
+            merged(&[v4(Cell::Allowed), v6(Cell::Differs(false))]),
+            "[4]"
+        );
+        assert_eq!(merged(&[v4(Cell::Differs(true)), v6(Cell::Allowed)]), "[.]");
+        assert_eq!(
+            merged(&[v4(Cell::Differs(false)), v6(Cell::Differs(false))]),
+            "[X]"
+        );
+    }
 }

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
+use palisade_proxy::controller_address::ControllerAddress;
 use palisade_proxy::{Config, FailMode};
 
 /// Arguments of `palisade proxy`.
@@ -17,12 +18,19 @@ pub struct Args {
     /// The pod's addresses, comma-separated (traffic to them is the pod's own).
     #[arg(long, env = "PALISADE_POD_IPS", value_delimiter = ',')]
     pod_ips: Vec<IpAddr>,
-    /// The pod's node address: its traffic is always allowed, even before a first policy.
+    /// The pod's node addresses, comma-separated (the downward API's `status.hostIPs`):
+    /// their traffic is always allowed, even before a first policy.
+    #[arg(long, env = "PALISADE_NODE_IPS", value_delimiter = ',')]
+    node_ips: Vec<IpAddr>,
+    /// The node's primary address (`status.hostIP`); added to --node-ips. Kept for
+    /// injectors that set only this.
     #[arg(long, env = "PALISADE_HOST_IP")]
     host_ip: Option<IpAddr>,
-    /// The controller's policy stream, e.g. http://10.0.0.1:7443.
+    /// The controller's policy stream: `http://HOST:PORT`, `HOST:PORT` or `HOST`, where
+    /// HOST is a DNS name, an IPv4 address or an IPv6 address in brackets
+    /// (`http://[fd00::1]:7443`); the port defaults to 7443.
     #[arg(long, env = "PALISADE_CONTROLLER")]
-    controller: String,
+    controller: ControllerAddress,
     /// Port of the outbound listener.
     #[arg(long, env = "PALISADE_OUTBOUND_PORT", default_value_t = 7401)]
     outbound_port: u16,
@@ -79,7 +87,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let config = Config {
         pod: args.pod,
         pod_ips: args.pod_ips,
-        host_ip: args.host_ip,
+        node_ips: {
+            let mut ips = args.node_ips;
+            ips.extend(args.host_ip.filter(|ip| !ips.contains(ip)));
+            ips
+        },
         controller: args.controller,
         outbound_port: args.outbound_port,
         inbound_port: args.inbound_port,

@@ -196,3 +196,41 @@ fn bad_arguments_exit_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("declares no TCP port named \"nope\""));
 }
+
+/// `check` on the dual-stack conformance model with case 041 (x/a may reach 0.0.0.0/4
+/// only: every IPv4 pod but x/b, no IPv6 address).
+fn check_dual_stack(args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_palisade"))
+        .args([
+            "check",
+            "tests/conformance/model.yaml",
+            "tests/conformance/cases/041-egress-ipblock-except.yaml",
+            "--from",
+            "x/a",
+            "--port",
+            "80",
+        ])
+        .args(args)
+        .output()
+        .expect("run palisade");
+    (out.status.code(), String::from_utf8(out.stdout).unwrap())
+}
+
+#[test]
+fn a_dual_stack_pod_named_by_name_is_judged_over_each_family() {
+    let (code, out) = check_dual_stack(&["--to", "y/a"]);
+    assert_eq!(code, Some(1), "denied over IPv6: {out}");
+    assert!(
+        out.contains("x/a (10.1.1.1) -> y/a (10.1.2.1) port 80/TCP")
+            && out.contains("x/a (fd00:1::1:1) -> y/a (fd00:1::2:1) port 80/TCP"),
+        "{out}"
+    );
+    let verdicts: Vec<&str> = out.lines().filter(|l| l.starts_with("verdict:")).collect();
+    assert_eq!(verdicts, ["verdict: allowed", "verdict: DENIED"], "{out}");
+    // Named by one of its addresses, a pod is judged over that one only.
+    let (code, out) = check_dual_stack(&["--to", "10.1.2.1"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(!out.contains("fd00"), "{out}");
+    let (code, _) = check_dual_stack(&["--to", "fd00:1::2:1"]);
+    assert_eq!(code, Some(1));
+}

@@ -165,7 +165,7 @@ fn every_example_loads_cleanly_and_every_policy_selects_a_pod() {
         );
         for pod in &cluster.pods {
             assert!(
-                pod.host_ip.is_some(),
+                !pod.host_ips.is_empty(),
                 "examples/{name}: pod {} has no status.hostIP",
                 pod.key()
             );
@@ -461,11 +461,12 @@ fn cli_simulate_prints_the_three_tier_matrix_as_json() {
     let set =
         |names: &[&str]| -> BTreeSet<String> { names.iter().map(|s| s.to_string()).collect() };
     let flow_keys = set(&[
-        "from", "to", "port", "protocol", "allowed", "egress", "ingress",
+        "from", "to", "port", "protocol", "family", "allowed", "egress", "ingress",
     ]);
     let side_keys = set(&["allowed", "isolated", "policies"]);
     for f in flows {
         assert_eq!(keys(f), flow_keys, "{f}");
+        assert_eq!(f["family"], "IPv4", "an IPv4 cluster: {f}");
         assert_eq!(keys(&f["egress"]), side_keys, "{f}");
         assert_eq!(keys(&f["ingress"]), side_keys, "{f}");
     }

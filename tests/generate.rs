@@ -9,13 +9,14 @@ use std::collections::BTreeSet;
 use cli::{flow_key, palisade, root, TempDir};
 use serde_json::Value;
 
-/// The allowed flows of a flows document, as `from -> to PROTO/port`.
+/// The allowed flows between two pods of a flows document, as `from -> to PROTO/port` (a
+/// lab also reports each pod's flows to itself, always allowed, which `simulate` leaves out).
 fn allowed(doc: &Value) -> BTreeSet<String> {
     doc["flows"]
         .as_array()
         .expect("flows")
         .iter()
-        .filter(|f| f["allowed"] == true)
+        .filter(|f| f["allowed"] == true && f["from"] != f["to"])
         .map(flow_key)
         .collect()
 }

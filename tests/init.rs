@@ -12,6 +12,7 @@ use std::process::Output;
 use std::time::Duration;
 
 use palisade::lab::netns::{veth, Netns};
+use palisade::lab::raw;
 
 const BIN: &str = env!("CARGO_BIN_EXE_palisade");
 
@@ -117,6 +118,9 @@ fn ours(save_or_restore: &str) -> BTreeMap<String, Ours> {
     for o in tables.values_mut() {
         o.declared.sort();
         o.jumps.sort();
+        // iptables-save lists chains by name; within a chain, order is kept.
+        o.rules
+            .sort_by_key(|r| r.split_whitespace().nth(1).unwrap_or_default().to_string());
     }
     tables
 }
@@ -264,6 +268,61 @@ fn verify(mode: &str) {
     // Running init again repairs everything.
     init_ok(&ns, &args);
     init_ok(&ns, &[&args[..], &["--verify"]].concat());
+
+    // Someone deletes the rule that lets neighbour advertisements in: verify names it.
+    run_ok(
+        &ns,
+        &format!("ip6tables-{mode}"),
+        &[
+            "-w",
+            "-D",
+            "PALISADE_FILTER_IN",
+            "-p",
+            "ipv6-icmp",
+            "-m",
+            "icmp6",
+            "--icmpv6-type",
+            "136",
+            "-m",
+            "hl",
+            "--hl-eq",
+            "255",
+            "-j",
+            "RETURN",
+        ],
+    );
+    let out = init(&ns, &[&args[..], &["--verify"]].concat());
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let report = text(&out.stdout);
+    assert!(
+        report.contains(
+            "   *filter\n - -A PALISADE_FILTER_IN -p ipv6-icmp -m icmp6 --icmpv6-type 136 -m hl --hl-eq 255 -j RETURN\n"
+        ),
+        "{report}"
+    );
+    assert!(!report.contains("IPv4"), "only IPv6 was changed: {report}");
+    // And a rule added by hand, ahead of the final drop.
+    run_ok(
+        &ns,
+        &format!("iptables-{mode}"),
+        &[
+            "-w",
+            "-I",
+            "PALISADE_FILTER_OUT",
+            "1",
+            "-p",
+            "icmp",
+            "-j",
+            "RETURN",
+        ],
+    );
+    let report = text(&init(&ns, &[&args[..], &["--verify"]].concat()).stdout);
+    assert!(
+        report.contains(" + -A PALISADE_FILTER_OUT -p icmp -j RETURN\n"),
+        "{report}"
+    );
+    init_ok(&ns, &args);
+    init_ok(&ns, &[&args[..], &["--verify"]].concat());
 }
 
 #[test]
@@ -407,6 +466,8 @@ fn dry_run_matches_installed(mode: &str) {
         "--skip-inbound-ports=22,8000-8100",
         "--skip-outbound-ports=9000",
         "--skip-outbound-cidrs=169.254.169.254,fd00:ec2::/32",
+        "--node-ips=192.168.1.10,fd00::10",
+        "--allow-icmp",
         "--iptables-mode",
         mode,
     ];
@@ -448,6 +509,125 @@ fn dry_run_matches_installed_nft() {
     dry_run_matches_installed("nft");
 }
 
+/// The filter table of one family's section of a dry run.
+fn filter_section(dry_run: &str, family: &str) -> String {
+    let section = dry_run_section(dry_run, family);
+    let start = section.find("*filter\n").expect("a filter table");
+    section[start..].to_string()
+}
+
+#[test]
+fn dry_run_shows_what_other_protocols_meet() {
+    let ns = fresh();
+    let dry = init_ok(
+        &ns,
+        &[
+            "--dry-run",
+            "--dns-servers=none",
+            "--ipv6=on",
+            "--node-ips=192.168.1.10,fd00::10",
+            "--allow-icmp",
+        ],
+    );
+    assert_eq!(
+        filter_section(&dry, "IPv4"),
+        "*filter
+:PALISADE_FILTER_IN - [0:0]
+:PALISADE_FILTER_OUT - [0:0]
+-I INPUT 1 -j PALISADE_FILTER_IN
+-I OUTPUT 1 -j PALISADE_FILTER_OUT
+-A PALISADE_FILTER_IN -p tcp -j RETURN
+-A PALISADE_FILTER_IN -p udp -j RETURN
+-A PALISADE_FILTER_IN -i lo -j RETURN
+-A PALISADE_FILTER_IN -s 192.168.1.10/32 -j RETURN
+-A PALISADE_FILTER_IN -p icmp -m conntrack --ctstate RELATED -j RETURN
+-A PALISADE_FILTER_IN -p icmp -m icmp --icmp-type 8 -j RETURN
+-A PALISADE_FILTER_IN -p icmp -m icmp --icmp-type 0 -m conntrack --ctstate ESTABLISHED -j RETURN
+-A PALISADE_FILTER_IN -j DROP
+-A PALISADE_FILTER_OUT -p tcp -j RETURN
+-A PALISADE_FILTER_OUT -p udp -j RETURN
+-A PALISADE_FILTER_OUT -o lo -j RETURN
+-A PALISADE_FILTER_OUT -d 192.168.1.10/32 -j RETURN
+-A PALISADE_FILTER_OUT -p icmp -m conntrack --ctstate RELATED -j RETURN
+-A PALISADE_FILTER_OUT -p icmp -m icmp --icmp-type 8 -j RETURN
+-A PALISADE_FILTER_OUT -p icmp -m icmp --icmp-type 0 -m conntrack --ctstate ESTABLISHED -j RETURN
+-A PALISADE_FILTER_OUT -j DROP
+COMMIT
+"
+    );
+    assert_eq!(
+        filter_section(&dry, "IPv6"),
+        "*filter
+:PALISADE_FILTER_IN - [0:0]
+:PALISADE_FILTER_OUT - [0:0]
+-I INPUT 1 -j PALISADE_FILTER_IN
+-I OUTPUT 1 -j PALISADE_FILTER_OUT
+-A PALISADE_FILTER_IN -p tcp -j RETURN
+-A PALISADE_FILTER_IN -p udp -j RETURN
+-A PALISADE_FILTER_IN -i lo -j RETURN
+-A PALISADE_FILTER_IN -s fd00::10/128 -j RETURN
+-A PALISADE_FILTER_IN -p ipv6-icmp -m conntrack --ctstate RELATED -j RETURN
+-A PALISADE_FILTER_IN -p ipv6-icmp -m icmp6 --icmpv6-type 134 -m hl --hl-eq 255 -j RETURN
+-A PALISADE_FILTER_IN -p ipv6-icmp -m icmp6 --icmpv6-type 135 -m hl --hl-eq 255 -j RETURN
+-A PALISADE_FILTER_IN -p ipv6-icmp -m icmp6 --icmpv6-type 136 -m hl --hl-eq 255 -j RETURN
+-A PALISADE_FILTER_IN -p ipv6-icmp -m icmp6 --icmpv6-type 137 -m hl --hl-eq 255 -j RETURN
+-A PALISADE_FILTER_IN -p ipv6-icmp -m icmp6 --icmpv6-type 130 -m hl --hl-eq 1 -j RETURN
+-A PALISADE_FILTER_IN -p ipv6-icmp -m icmp6 --icmpv6-type 128 -j RETURN
+-A PALISADE_FILTER_IN -p ipv6-icmp -m icmp6 --icmpv6-type 129 -m conntrack --ctstate ESTABLISHED -j RETURN
+-A PALISADE_FILTER_IN -j DROP
+-A PALISADE_FILTER_OUT -p tcp -j RETURN
+-A PALISADE_FILTER_OUT -p udp -j RETURN
+-A PALISADE_FILTER_OUT -o lo -j RETURN
+-A PALISADE_FILTER_OUT -d fd00::10/128 -j RETURN
+-A PALISADE_FILTER_OUT -p ipv6-icmp -m conntrack --ctstate RELATED -j RETURN
+-A PALISADE_FILTER_OUT -p ipv6-icmp -m icmp6 --icmpv6-type 133 -m hl --hl-eq 255 -j RETURN
+-A PALISADE_FILTER_OUT -p ipv6-icmp -m icmp6 --icmpv6-type 135 -m hl --hl-eq 255 -j RETURN
+-A PALISADE_FILTER_OUT -p ipv6-icmp -m icmp6 --icmpv6-type 136 -m hl --hl-eq 255 -j RETURN
+-A PALISADE_FILTER_OUT -p ipv6-icmp -m icmp6 --icmpv6-type 131 -m hl --hl-eq 1 -j RETURN
+-A PALISADE_FILTER_OUT -p ipv6-icmp -m icmp6 --icmpv6-type 132 -m hl --hl-eq 1 -j RETURN
+-A PALISADE_FILTER_OUT -p ipv6-icmp -m icmp6 --icmpv6-type 143 -m hl --hl-eq 1 -j RETURN
+-A PALISADE_FILTER_OUT -p ipv6-icmp -m icmp6 --icmpv6-type 128 -j RETURN
+-A PALISADE_FILTER_OUT -p ipv6-icmp -m icmp6 --icmpv6-type 129 -m conntrack --ctstate ESTABLISHED -j RETURN
+-A PALISADE_FILTER_OUT -j DROP
+COMMIT
+"
+    );
+    // The replies of the app to connections the proxy opens from a client's address are
+    // routed back to the proxy.
+    let mangle = dry_run_section(&dry, "IPv6");
+    for rule in [
+        "-I OUTPUT 2 -p tcp -j PALISADE_TCP_OUT",
+        "-A PALISADE_TCP_OUT -m conntrack --ctdir REPLY -m connmark --mark 0x2190 -j MARK --set-xmark 0x2190/0xffffffff",
+        "-A PALISADE_TCP_OUT -o lo -m owner --uid-owner 2190 -m addrtype ! --src-type LOCAL -j CONNMARK --set-xmark 0x2190/0xffffffff",
+    ] {
+        assert!(mangle.contains(rule), "{rule} missing from\n{mangle}");
+    }
+}
+
+#[test]
+fn an_older_palisade_filter_chain_is_replaced() {
+    let ns = fresh();
+    // What palisade init installed before every other protocol was dropped.
+    run_ok(&ns, "iptables-nft", &["-w", "-N", "PALISADE_FILTER"]);
+    run_ok(
+        &ns,
+        "iptables-nft",
+        &["-w", "-A", "PALISADE_FILTER", "-p", "sctp", "-j", "DROP"],
+    );
+    for chain in ["INPUT", "OUTPUT"] {
+        run_ok(
+            &ns,
+            "iptables-nft",
+            &["-w", "-I", chain, "1", "-j", "PALISADE_FILTER"],
+        );
+    }
+    init_ok(&ns, &[DNS, "--iptables-mode=nft"]);
+    let saved = save(&ns, "iptables", "nft");
+    assert!(!saved.contains("PALISADE_FILTER "), "{saved}");
+    assert!(!saved.contains("-j PALISADE_FILTER\n"), "{saved}");
+    init_ok(&ns, &[DNS, "--iptables-mode=nft", "--verify"]);
+}
+
 #[test]
 fn bad_options_are_named() {
     let ns = fresh();
@@ -470,10 +650,39 @@ fn options_come_from_the_environment() {
         .env("PALISADE_DNS_SERVERS", "none")
         .env("PALISADE_IPV6", "off")
         .env("PALISADE_INBOUND_PORT", "15006")
+        .env("PALISADE_NODE_IPS", "10.0.0.7, 10.0.0.8")
+        .env("PALISADE_ALLOW_ICMP", "true")
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
     let dry = text(&out.stdout);
+    for rule in [
+        "-A PALISADE_FILTER_IN -s 10.0.0.7/32 -j RETURN",
+        "-A PALISADE_FILTER_OUT -d 10.0.0.8/32 -j RETURN",
+        "-A PALISADE_FILTER_IN -p icmp -m icmp --icmp-type 8 -j RETURN",
+    ] {
+        assert!(dry.contains(rule), "{rule} missing from\n{dry}");
+    }
+    // An annotation set to false gives no echo.
+    let off = ns
+        .command(BIN)
+        .args(["init", "--dry-run", "--ipv6=off", "--dns-servers=none"])
+        .env("PALISADE_ALLOW_ICMP", "false")
+        .output()
+        .unwrap();
+    assert!(off.status.success(), "{}", text(&off.stderr));
+    assert!(!text(&off.stdout).contains("--icmp-type"));
+    let bad = ns
+        .command(BIN)
+        .args(["init", "--dry-run"])
+        .env("PALISADE_NODE_IPS", "node-1")
+        .output()
+        .unwrap();
+    assert!(
+        text(&bad.stderr).contains("--node-ips: `node-1` is not an IP address"),
+        "{}",
+        text(&bad.stderr)
+    );
     assert!(
         dry.contains("-A PALISADE_OUTPUT -p tcp -m tcp --dport 6000:6010 -j RETURN"),
         "{dry}"
@@ -640,6 +849,70 @@ fn isolation_before_the_proxy_nft() {
 #[test]
 fn isolation_before_the_proxy_legacy() {
     isolation("legacy");
+}
+
+/// Whether a datagram of `kind` (an IP protocol, or echo when `None`) sent from `from`
+/// to `to` is received in `at`.
+fn other_protocol_arrives(
+    from: &Netns,
+    at: &Netns,
+    to: std::net::IpAddr,
+    protocol: Option<u8>,
+) -> bool {
+    let v6 = to.is_ipv6();
+    let token = raw::token();
+    let listening = protocol.unwrap_or(if v6 { raw::ICMPV6 } else { raw::ICMP });
+    let sniffer = raw::Sniffer::open(at, v6, listening).unwrap();
+    // A send refused by the sender's own rules fails: not received either.
+    let _ = match protocol {
+        Some(p) => raw::send(from, to, p, &token),
+        None => raw::ping(from, to, &token, Duration::ZERO).map(drop),
+    };
+    sniffer.saw(&token, UDP_WAIT)
+}
+
+#[test]
+fn other_protocols_pass_only_with_the_node_and_echo_when_allowed() {
+    let Pair { pod, peer } = pair("10.79.0");
+    let pod_ip: std::net::IpAddr = "10.79.0.1".parse().unwrap();
+    let peer_ip: std::net::IpAddr = "10.79.0.2".parse().unwrap();
+    let both = |echo: bool, proto: bool, what: &str| {
+        assert_eq!(
+            other_protocol_arrives(&peer, &pod, pod_ip, None),
+            echo,
+            "{what}: echo in"
+        );
+        assert_eq!(
+            other_protocol_arrives(&pod, &peer, peer_ip, None),
+            echo,
+            "{what}: echo out"
+        );
+        assert_eq!(
+            other_protocol_arrives(&peer, &pod, pod_ip, Some(253)),
+            proto,
+            "{what}: 253 in"
+        );
+        assert_eq!(
+            other_protocol_arrives(&pod, &peer, peer_ip, Some(253)),
+            proto,
+            "{what}: 253 out"
+        );
+    };
+    both(true, true, "before init");
+    init_ok(&pod, &["--dns-servers=none"]);
+    both(false, false, "after init");
+    // Echo answered both ways once the pod allows it, and nothing else.
+    init_ok(&pod, &["--dns-servers=none", "--allow-icmp"]);
+    both(true, false, "with --allow-icmp");
+    assert!(raw::ping(&peer, pod_ip, &raw::token(), Duration::from_secs(1)).unwrap());
+    assert!(raw::ping(&pod, peer_ip, &raw::token(), Duration::from_secs(1)).unwrap());
+    // The peer as the pod's node: every protocol, both ways.
+    init_ok(&pod, &["--dns-servers=none", "--node-ips=10.79.0.2"]);
+    both(true, true, "with the peer as node");
+    init_ok(
+        &pod,
+        &["--dns-servers=none", "--node-ips=10.79.0.2", "--verify"],
+    );
 }
 
 // ---- IPv6 ----

@@ -34,11 +34,12 @@ fn differences(observed: &[Observed]) -> Vec<String> {
         .map(|o| {
             let f = &o.expected;
             format!(
-                "{} -> {} {}/{}: expected {}, observed the opposite",
+                "{} -> {} {}/{} over {}: expected {}, observed the opposite",
                 f.from,
                 f.to,
                 f.port,
                 f.protocol,
+                f.family,
                 if f.allowed { "allowed" } else { "denied" }
             )
         })
@@ -306,6 +307,530 @@ fn a_pod_whose_proxy_is_down_fails_closed_never_open() {
     assert!(!lab.probe("x/c", "x/b", 80, Protocol::Tcp).unwrap());
 }
 
+// ---- tests/lab/bypass: two injected pods (guarded, pinger) and two plain ones ----
+
+/// The lab of tests/lab/bypass, where only guarded and pinger have a proxy.
+fn bypass_lab() -> Lab {
+    Lab::start(LabOptions {
+        respect_injection: true,
+        ..options(&["tests/lab/bypass"])
+    })
+    .expect("building the lab (needs root)")
+}
+
+fn addr(lab: &Lab, pod: &str, v6: bool, port: u16) -> SocketAddr {
+    SocketAddr::new(ip_of(lab, pod, v6), port)
+}
+
+/// Runs an iptables tool of the pod's variant (nft, else legacy: what `palisade init`
+/// picked) with `args`; whether it succeeded.
+fn iptables(lab: &Lab, pod: &str, v6: bool, args: &[&str]) -> bool {
+    let tool = if v6 { "ip6tables" } else { "iptables" };
+    ["nft", "legacy"].iter().any(|variant| {
+        lab.netns(pod)
+            .unwrap()
+            .command(&format!("{tool}-{variant}"))
+            .arg("-w")
+            .args(args)
+            .output()
+            .is_ok_and(|o| o.status.success())
+    })
+}
+
+/// Packets the final DROP of one of a pod's filter chains has dropped so far.
+fn dropped(lab: &Lab, pod: &str, v6: bool, chain: &str) -> u64 {
+    let tool = if v6 { "ip6tables" } else { "iptables" };
+    let wanted = format!("-A {chain} -j DROP");
+    for variant in ["nft", "legacy"] {
+        let out = lab
+            .netns(pod)
+            .unwrap()
+            .command(&format!("{tool}-{variant}-save"))
+            .args(["-c", "-t", "filter"])
+            .output()
+            .expect("iptables-save");
+        let text = String::from_utf8_lossy(&out.stdout);
+        // `[packets:bytes] -A CHAIN -j DROP`
+        if let Some(line) = text.lines().find(|l| l.ends_with(&wanted)) {
+            let packets = line.trim_start_matches('[').split(':').next().unwrap();
+            return packets.parse().expect("a packet count");
+        }
+    }
+    panic!("{pod}: no `{wanted}` rule")
+}
+
+/// Runs a command in a pod's (or the node's) namespace; it must succeed.
+fn run_in(ns: &palisade::lab::netns::Netns, program: &str, args: &[&str]) -> String {
+    let out = ns.command(program).args(args).output().expect(program);
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Sends a probe of `kind` from `from` to `to`, sniffing at `to`: whether it was received
+/// there.
+fn received(lab: &Lab, from: &str, to: &str, v6: bool, kind: Probe) -> bool {
+    use palisade::lab::raw::{self, Sniffer};
+    let dst = ip_of(lab, to, v6);
+    let token = raw::token();
+    let protocol = match kind {
+        Probe::Echo if v6 => raw::ICMPV6,
+        Probe::Echo => raw::ICMP,
+        Probe::Protocol(n) => n,
+    };
+    let sniffer = Sniffer::open(lab.netns(to).unwrap(), v6, protocol).expect("a raw socket");
+    let source = lab.netns(from).unwrap();
+    // A send the source's own firewall refuses fails (EPERM): not received either.
+    let _ = match kind {
+        Probe::Echo => raw::ping(source, dst, &token, Duration::ZERO).map(drop),
+        Probe::Protocol(n) => raw::send(source, dst, n, &token),
+    };
+    sniffer.saw(&token, Duration::from_millis(600))
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Probe {
+    /// An ICMP (or ICMPv6) echo request.
+    Echo,
+    /// A datagram of this IP protocol.
+    Protocol(u8),
+}
+
+/// An IP protocol number nobody uses (RFC 3692: for experiments).
+const EXPERIMENTAL: u8 = 253;
+
+/// Whether `from` gets an echo reply from `to`.
+fn pings(lab: &Lab, from: &str, to: IpAddr) -> bool {
+    use palisade::lab::raw;
+    raw::ping(
+        lab.netns(from).unwrap(),
+        to,
+        &raw::token(),
+        Duration::from_secs(1),
+    )
+    .unwrap_or(false)
+}
+
+#[test]
+fn other_ip_protocols_are_dropped_in_and_out_except_echo_where_allowed_and_the_node() {
+    let lab = bypass_lab();
+    for v6 in [false, true] {
+        let family = if v6 { "IPv6" } else { "IPv4" };
+        for kind in [Probe::Echo, Probe::Protocol(EXPERIMENTAL)] {
+            let what = format!("{kind:?} over {family}");
+            // Out of guarded to a plain pod: only guarded's own rules can stop it.
+            let out_before = dropped(&lab, "x/guarded", v6, "PALISADE_FILTER_OUT");
+            assert!(
+                received(&lab, "x/plain-a", "x/plain-b", v6, kind),
+                "{what}: control plain-a -> plain-b not received"
+            );
+            assert!(
+                !received(&lab, "x/guarded", "x/plain-b", v6, kind),
+                "{what}: guarded -> plain-b received"
+            );
+            assert!(
+                dropped(&lab, "x/guarded", v6, "PALISADE_FILTER_OUT") > out_before,
+                "{what}: guarded's drop rule did not count it"
+            );
+            // Into guarded from a plain pod: only guarded's own rules can stop it.
+            let in_before = dropped(&lab, "x/guarded", v6, "PALISADE_FILTER_IN");
+            assert!(
+                !received(&lab, "x/plain-a", "x/guarded", v6, kind),
+                "{what}: plain-a -> guarded received"
+            );
+            assert!(
+                dropped(&lab, "x/guarded", v6, "PALISADE_FILTER_IN") > in_before,
+                "{what}: guarded's drop rule did not count it"
+            );
+        }
+        // pinger asks for echo: it passes both ways, and nothing else does.
+        let what = format!("over {family}");
+        assert!(
+            received(&lab, "x/plain-a", "x/pinger", v6, Probe::Echo),
+            "echo {what}: plain-a -> pinger not received"
+        );
+        assert!(
+            pings(&lab, "x/plain-a", ip_of(&lab, "x/pinger", v6)),
+            "echo {what}: pinger did not answer plain-a"
+        );
+        assert!(
+            pings(&lab, "x/pinger", ip_of(&lab, "x/plain-b", v6)),
+            "echo {what}: pinger got no answer from plain-b"
+        );
+        for (from, to) in [("x/pinger", "x/plain-b"), ("x/plain-a", "x/pinger")] {
+            assert!(
+                !received(&lab, from, to, v6, Probe::Protocol(EXPERIMENTAL)),
+                "protocol 253 {what}: {from} -> {to} received"
+            );
+        }
+        // Both ends must allow it: pinger's echo is dropped by guarded.
+        assert!(
+            !received(&lab, "x/pinger", "x/guarded", v6, Probe::Echo),
+            "echo {what}: pinger -> guarded received"
+        );
+        // The node is reached and reaches the pod with any protocol.
+        let node_ip = *lab
+            .node_ips()
+            .iter()
+            .find(|ip| ip.is_ipv6() == v6)
+            .expect("a node address of each family");
+        let guarded = ip_of(&lab, "x/guarded", v6);
+        let node = lab.node();
+        let token = palisade::lab::raw::token();
+        let sniffer =
+            palisade::lab::raw::Sniffer::open(lab.netns("x/guarded").unwrap(), v6, EXPERIMENTAL)
+                .unwrap();
+        palisade::lab::raw::send(node, guarded, EXPERIMENTAL, &token).unwrap();
+        assert!(
+            sniffer.saw(&token, Duration::from_millis(600)),
+            "protocol 253 {what}: node -> guarded not received"
+        );
+        assert!(
+            palisade::lab::raw::ping(node, guarded, &token, Duration::from_secs(1)).unwrap(),
+            "echo {what}: guarded did not answer its node"
+        );
+        assert!(
+            pings(&lab, "x/guarded", node_ip),
+            "echo {what}: guarded got no answer from its node"
+        );
+    }
+}
+
+/// A server outside the cluster, behind a router whose link to it has a smaller MTU than
+/// the pods' (1280 bytes): the router, not the node, tells senders of larger packets.
+struct BeyondARouter {
+    _router: palisade::lab::netns::Netns,
+    _far: palisade::lab::netns::Netns,
+    v4: SocketAddr,
+    v6: SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl BeyondARouter {
+    /// Answers `ok` to each connection once it has read `BIG` bytes.
+    const BIG: usize = 16_000;
+
+    fn new(lab: &Lab) -> BeyondARouter {
+        use palisade::lab::netns::{veth, Netns};
+        let router = Netns::new("pal-rt").unwrap();
+        let far = Netns::new("pal-far").unwrap();
+        veth(lab.node(), "rt0", &router, "up0").unwrap();
+        veth(&router, "down0", &far, "eth0").unwrap();
+        run_in(
+            &router,
+            "sysctl",
+            &[
+                "-qw",
+                "net.ipv4.ip_forward=1",
+                "net.ipv6.conf.all.forwarding=1",
+            ],
+        );
+        let node = lab.node();
+        for (ns, args) in [
+            (node, "addr add 10.98.0.1/30 dev rt0"),
+            (node, "-6 addr add fd00:98::1/64 dev rt0 nodad"),
+            (node, "route add 10.99.0.0/24 via 10.98.0.2"),
+            (node, "-6 route add fd00:99::/64 via fd00:98::2"),
+            (&router, "addr add 10.98.0.2/30 dev up0"),
+            (&router, "-6 addr add fd00:98::2/64 dev up0 nodad"),
+            (&router, "route add default via 10.98.0.1"),
+            (&router, "-6 route add default via fd00:98::1"),
+            (&router, "addr add 10.99.0.1/24 dev down0"),
+            (&router, "-6 addr add fd00:99::1/64 dev down0 nodad"),
+            (&router, "link set down0 mtu 1280"),
+            (&far, "addr add 10.99.0.2/24 dev eth0"),
+            (&far, "-6 addr add fd00:99::2/64 dev eth0 nodad"),
+            (&far, "route add default via 10.99.0.1"),
+            (&far, "-6 route add default via fd00:99::1"),
+        ] {
+            ns.ip(&args.split(' ').collect::<Vec<_>>()).unwrap();
+        }
+        let v4: SocketAddr = "10.99.0.2:80".parse().unwrap();
+        let v6: SocketAddr = "[fd00:99::2]:80".parse().unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        for at in [v4, v6] {
+            let listener = far
+                .run(move || std::net::TcpListener::bind(at))
+                .unwrap()
+                .unwrap();
+            listener.set_nonblocking(true).unwrap();
+            let stop = stop.clone();
+            std::thread::spawn(move || serve_big(listener, &stop));
+        }
+        BeyondARouter {
+            _router: router,
+            _far: far,
+            v4,
+            v6,
+            stop,
+        }
+    }
+}
+
+impl Drop for BeyondARouter {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+fn serve_big(listener: std::net::TcpListener, stop: &std::sync::atomic::AtomicBool) {
+    use std::io::{Read, Write};
+    let start = Instant::now();
+    while !stop.load(std::sync::atomic::Ordering::Relaxed)
+        && start.elapsed() < Duration::from_secs(120)
+    {
+        match listener.accept() {
+            Ok((mut s, _)) => {
+                std::thread::spawn(move || {
+                    s.set_nonblocking(false)?;
+                    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+                    let mut buf = vec![0u8; BeyondARouter::BIG];
+                    s.read_exact(&mut buf)?;
+                    s.write_all(b"ok\n")
+                });
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+}
+
+/// From inside `pod`, sends `BIG` bytes to `dst` and waits for its `ok`.
+fn big_transfer(lab: &Lab, pod: &str, dst: SocketAddr) -> bool {
+    use std::io::{Read, Write};
+    lab.netns(pod)
+        .unwrap()
+        .run(move || -> std::io::Result<bool> {
+            let mut s = std::net::TcpStream::connect_timeout(&dst, Duration::from_secs(2))?;
+            s.set_read_timeout(Some(Duration::from_secs(3)))?;
+            s.set_write_timeout(Some(Duration::from_secs(3)))?;
+            s.write_all(&vec![b'x'; BeyondARouter::BIG])?;
+            let mut answer = [0u8; 3];
+            s.read_exact(&mut answer)?;
+            Ok(&answer == b"ok\n")
+        })
+        .unwrap()
+        .unwrap_or(false)
+}
+
+#[test]
+fn icmp_errors_about_an_allowed_connection_are_delivered() {
+    let lab = bypass_lab();
+    let far = BeyondARouter::new(&lab);
+    let guarded = lab.netns("x/guarded").unwrap();
+    for (dst, v6) in [(far.v4, false), (far.v6, true)] {
+        let flag = if v6 { "-6" } else { "-4" };
+        let related = if v6 {
+            "-p ipv6-icmp -m conntrack --ctstate RELATED -j RETURN"
+        } else {
+            "-p icmp -m conntrack --ctstate RELATED -j RETURN"
+        };
+        let flush = || run_in(guarded, "ip", &[flag, "route", "flush", "cache"]);
+        // The proxy's segments are too big for the router's link: the router's "too big"
+        // message, about a connection the policy allows, is what lets the bytes through.
+        assert!(
+            big_transfer(&lab, "x/guarded", dst),
+            "{dst}: the transfer failed"
+        );
+        let route = run_in(
+            guarded,
+            "ip",
+            &[flag, "route", "get", &dst.ip().to_string()],
+        );
+        assert!(
+            route.contains("mtu 1280"),
+            "{dst}: no path MTU learnt: {route}"
+        );
+
+        // Without the rule that lets such errors in, the same transfer stalls.
+        let mut args = vec!["-D", "PALISADE_FILTER_IN"];
+        args.extend(related.split(' '));
+        assert!(iptables(&lab, "x/guarded", v6, &args), "deleting {related}");
+        flush();
+        let before = dropped(&lab, "x/guarded", v6, "PALISADE_FILTER_IN");
+        assert!(
+            !big_transfer(&lab, "x/guarded", dst),
+            "{dst}: passed without the rule"
+        );
+        assert!(dropped(&lab, "x/guarded", v6, "PALISADE_FILTER_IN") > before);
+
+        // palisade init run again puts it back.
+        lab.install_rules("x/guarded").unwrap();
+        flush();
+        assert!(
+            big_transfer(&lab, "x/guarded", dst),
+            "{dst}: failed once repaired"
+        );
+    }
+}
+
+#[test]
+fn ipv6_neighbour_discovery_keeps_working_between_injected_pods() {
+    let lab = bypass_lab();
+    let pinger = addr(&lab, "x/pinger", true, 80);
+    let flush_all = || {
+        for ns in [
+            lab.netns("x/guarded").unwrap(),
+            lab.netns("x/pinger").unwrap(),
+            lab.node(),
+        ] {
+            run_in(ns, "ip", &["-6", "neigh", "flush", "all"]);
+        }
+    };
+    let guarded = lab.netns("x/guarded").unwrap();
+    flush_all();
+    assert!(
+        lab.probe_addr("x/guarded", pinger, Protocol::Tcp, "x/pinger")
+            .unwrap(),
+        "guarded -> pinger over IPv6 after the neighbours were forgotten"
+    );
+    // Neighbour discovery ran after palisade init: the gateway was found again.
+    let neighbours = run_in(guarded, "ip", &["-6", "neigh", "show"]);
+    assert!(
+        neighbours.contains("fe80::1 dev eth0 lladdr"),
+        "{neighbours}"
+    );
+
+    // Without the rule that lets neighbour advertisements in, IPv6 stops.
+    let advert = "-p ipv6-icmp -m icmp6 --icmpv6-type 136 -m hl --hl-eq 255 -j RETURN";
+    let mut args = vec!["-D", "PALISADE_FILTER_IN"];
+    args.extend(advert.split(' '));
+    assert!(iptables(&lab, "x/guarded", true, &args));
+    flush_all();
+    assert!(
+        !lab.probe_addr("x/guarded", pinger, Protocol::Tcp, "x/pinger")
+            .unwrap(),
+        "IPv6 worked without neighbour advertisements"
+    );
+    lab.install_rules("x/guarded").unwrap();
+    flush_all();
+    assert!(lab
+        .probe_addr("x/guarded", pinger, Protocol::Tcp, "x/pinger")
+        .unwrap());
+}
+
+/// The peers `pod`'s app saw on `port`/`protocol` since `since` calls.
+fn callers(lab: &Lab, pod: &str, protocol: Protocol, since: usize) -> Vec<IpAddr> {
+    lab.calls_to(pod)
+        .into_iter()
+        .skip(since)
+        .filter(|c| c.protocol == protocol)
+        .map(|c| c.peer.ip())
+        .collect()
+}
+
+#[test]
+fn the_app_sees_its_clients_own_addresses_through_one_and_two_hops() {
+    let mut lab = bypass_lab();
+    assert_eq!(
+        metric(&lab, "x/guarded", "palisade_inbound_transparent", &[]),
+        1.0
+    );
+    for v6 in [false, true] {
+        // plain-a has no proxy (one hop: guarded's); pinger has one (two hops).
+        for client in ["x/plain-a", "x/pinger"] {
+            for (protocol, port) in [(Protocol::Tcp, 80), (Protocol::Udp, 81)] {
+                let since = lab.calls_to("x/guarded").len();
+                let dst = addr(&lab, "x/guarded", v6, port);
+                assert!(lab.probe_addr(client, dst, protocol, "x/guarded").unwrap());
+                let seen = callers(&lab, "x/guarded", protocol, since);
+                let want = ip_of(&lab, client, v6);
+                assert!(
+                    !seen.is_empty() && seen.iter().all(|ip| *ip == want),
+                    "{client} -> {dst} {protocol}: the app saw {seen:?}, not {want}"
+                );
+            }
+        }
+    }
+    // A client on the very port the kernel picks first for the proxy's connection (bind
+    // prefers odd ports): the proxy takes another, or its connection would be the client's
+    // own in conntrack's eyes.
+    run_in(
+        lab.netns("x/guarded").unwrap(),
+        "sysctl",
+        &["-qw", "net.ipv4.ip_local_port_range=40000 40001"],
+    );
+    let since = lab.calls_to("x/guarded").len();
+    let from = SocketAddr::new(ip_of(&lab, "x/plain-a", false), 40001);
+    let to = addr(&lab, "x/guarded", false, 80);
+    let name = lab
+        .netns("x/plain-a")
+        .unwrap()
+        .run(move || -> io::Result<String> {
+            use socket2::{Domain, Socket, Type};
+            use std::io::Read;
+            let socket = Socket::new(Domain::IPV4, Type::STREAM, None)?;
+            socket.set_reuse_address(true)?;
+            socket.bind(&from.into())?;
+            socket.connect_timeout(&to.into(), Duration::from_secs(2))?;
+            socket.set_read_timeout(Some(Duration::from_secs(2)))?;
+            let mut buf = [0u8; 64];
+            let n = (&socket).read(&mut buf)?;
+            Ok(String::from_utf8_lossy(&buf[..n]).trim().to_owned())
+        })
+        .unwrap();
+    assert_eq!(name.ok().as_deref(), Some("x/guarded"), "from port 40001");
+    let seen: Vec<SocketAddr> = lab.calls_to("x/guarded")[since..]
+        .iter()
+        .map(|c| c.peer)
+        .collect();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].ip(), from.ip());
+    assert_ne!(seen[0].port(), 40001, "{seen:?}");
+    assert_eq!(
+        metric(
+            &lab,
+            "x/guarded",
+            "palisade_inbound_source_fallbacks_total",
+            &[]
+        ),
+        0.0
+    );
+
+    // Without CAP_NET_RAW, TCP comes from the pod's own address, said once; UDP, which
+    // needs the capability too, stays dropped.
+    let bare = ProxyOptions {
+        net_raw: false,
+        ..options(&[]).proxy()
+    };
+    lab.start_proxy_with("x/guarded", &bare).unwrap();
+    lab.wait_ready(Duration::from_secs(10)).unwrap();
+    for v6 in [false, true] {
+        let since = lab.calls_to("x/guarded").len();
+        let dst = addr(&lab, "x/guarded", v6, 80);
+        assert!(lab
+            .probe_addr("x/plain-a", dst, Protocol::Tcp, "x/guarded")
+            .unwrap());
+        assert_eq!(callers(&lab, "x/guarded", Protocol::Tcp, since), [dst.ip()]);
+        let udp = addr(&lab, "x/guarded", v6, 81);
+        assert!(!lab
+            .probe_addr("x/plain-a", udp, Protocol::Udp, "x/guarded")
+            .unwrap());
+    }
+    assert_eq!(
+        metric(&lab, "x/guarded", "palisade_inbound_transparent", &[]),
+        0.0
+    );
+    assert_eq!(
+        metric(
+            &lab,
+            "x/guarded",
+            "palisade_inbound_source_fallbacks_total",
+            &["reason=\"no-capability\""]
+        ),
+        2.0
+    );
+    let log = lab.proxy_log("x/guarded");
+    assert_eq!(
+        log.matches("cannot connect to the app from the clients' own addresses")
+            .count(),
+        1,
+        "{log}"
+    );
+}
+
 /// Runs python3 inside a pod as `uid`, connecting to `dst`; whether it read the name.
 fn connect_as(lab: &Lab, pod: &str, uid: u32, dst: SocketAddr, udp: bool) -> bool {
     let script = if udp {
@@ -325,46 +850,93 @@ fn connect_as(lab: &Lab, pod: &str, uid: u32, dst: SocketAddr, udp: bool) -> boo
     out.status.success() && !String::from_utf8_lossy(&out.stdout).trim().is_empty()
 }
 
+/// Whether `pod`'s flow log has a line with this action, reason and destination.
+fn logged_deny(lab: &Lab, pod: &str, reason: &str, src: Option<IpAddr>, dst: SocketAddr) -> bool {
+    eventually(Duration::from_secs(2), || {
+        lab.flow_log(pod).iter().any(|l| {
+            l["action"] == "deny"
+                && l["reason"] == reason
+                && l["dst"] == dst.to_string()
+                && src.is_none_or(|ip| {
+                    l["src"]
+                        .as_str()
+                        .and_then(|s| s.parse::<SocketAddr>().ok())
+                        .is_some_and(|s| s.ip() == ip)
+                })
+        })
+    })
+    .is_some()
+}
+
 #[test]
 fn bypass_attempts_fail() {
-    let lab = lab(&["tests/lab/pair"]);
-    let b4 = ip_of(&lab, "x/b", false);
-    let b6 = ip_of(&lab, "x/b", true);
-    // Another uid than the proxy's gets no way around it, whatever the port looks like.
-    for port in [80, 7401, 7402, 7403, 7490] {
-        assert!(
-            !connect_as(&lab, "x/c", 1000, SocketAddr::new(b4, port), false),
-            "uid 1000 to b:{port}"
-        );
-    }
-    assert!(
-        !connect_as(&lab, "x/c", 1000, SocketAddr::new(b4, 81), true),
-        "uid 1000, UDP"
-    );
-    // IPv6 is enforced like IPv4: denied for c, allowed for a.
-    assert!(!lab
-        .probe_addr("x/c", SocketAddr::new(b6, 80), Protocol::Tcp, "x/b")
-        .unwrap());
-    assert!(!lab
-        .probe_addr("x/c", SocketAddr::new(b6, 81), Protocol::Udp, "x/b")
-        .unwrap());
-    assert!(lab
-        .probe_addr("x/a", SocketAddr::new(b6, 80), Protocol::Tcp, "x/b")
-        .unwrap());
-    assert!(lab
-        .probe_addr("x/a", SocketAddr::new(b6, 81), Protocol::Udp, "x/b")
-        .unwrap());
-    // UDP to a denied peer is dropped.
-    assert!(!lab.probe("x/c", "x/b", 81, Protocol::Udp).unwrap());
-    // The proxy's own ports cannot be reached from another pod, even where ingress is open
-    // (a is not isolated): nobody gets to speak to a listener directly.
-    let a4 = ip_of(&lab, "x/a", false);
-    for port in [7401, 7402, 7403, 7490] {
-        let reached = lab.runtime().block_on(agent::open(
-            lab.netns("x/c").unwrap(),
-            SocketAddr::new(a4, port),
-        ));
-        assert!(reached.is_err(), "c reached a's proxy port {port}");
+    let lab = bypass_lab();
+    for v6 in [false, true] {
+        // Only the proxy's uid skips the redirect. plain-a has no proxy, so guarded's
+        // egress policy is all that stands between guarded and plain-a.
+        for (udp, port) in [(false, 80), (true, 81)] {
+            let denied = addr(&lab, "x/plain-a", v6, port);
+            let allowed = addr(&lab, "x/plain-b", v6, port);
+            assert!(
+                connect_as(&lab, "x/guarded", 2190, denied, udp),
+                "control: the proxy's uid reaches {denied} (udp {udp})"
+            );
+            assert!(
+                connect_as(&lab, "x/guarded", 1000, allowed, udp),
+                "control: uid 1000 reaches {allowed} through the proxy (udp {udp})"
+            );
+            assert!(
+                !connect_as(&lab, "x/guarded", 1000, denied, udp),
+                "uid 1000 reached {denied} (udp {udp})"
+            );
+            assert!(
+                logged_deny(&lab, "x/guarded", "no-rule-matched", None, denied),
+                "no deny of {denied} in guarded's flow log: {:?}",
+                lab.flow_log("x/guarded")
+            );
+        }
+        // Inbound likewise, over both families and protocols: plain-b has no proxy, so
+        // guarded's ingress policy alone refuses it, while plain-a gets in.
+        for (protocol, port) in [(Protocol::Tcp, 80), (Protocol::Udp, 81)] {
+            let dst = addr(&lab, "x/guarded", v6, port);
+            assert!(lab
+                .probe_addr("x/plain-a", dst, protocol, "x/guarded")
+                .unwrap());
+            let plain_a = addr(&lab, "x/plain-a", v6, port);
+            assert!(lab
+                .probe_addr("x/plain-b", plain_a, protocol, "x/plain-a")
+                .unwrap());
+            assert!(!lab
+                .probe_addr("x/plain-b", dst, protocol, "x/guarded")
+                .unwrap());
+            let from = ip_of(&lab, "x/plain-b", v6);
+            assert!(
+                logged_deny(&lab, "x/guarded", "no-rule-matched", Some(from), dst),
+                "no deny of {from} -> {dst} in guarded's flow log"
+            );
+        }
+        // Nobody reaches the proxy's own ports in a pod, even where ingress is open
+        // (pinger is not isolated): the proxy refuses and says why. The same port on a
+        // pod without a proxy answers.
+        let served = addr(&lab, "x/plain-b", v6, 7402);
+        assert!(lab
+            .probe_addr("x/plain-a", served, Protocol::Tcp, "x/plain-b")
+            .unwrap());
+        let open = addr(&lab, "x/pinger", v6, 80);
+        assert!(lab
+            .probe_addr("x/plain-a", open, Protocol::Tcp, "x/pinger")
+            .unwrap());
+        for port in [7401, 7402, 7403, 7490] {
+            let dst = addr(&lab, "x/pinger", v6, port);
+            let reached = lab
+                .runtime()
+                .block_on(agent::open(lab.netns("x/plain-a").unwrap(), dst));
+            assert!(reached.is_err(), "plain-a reached {dst}");
+            assert!(
+                logged_deny(&lab, "x/pinger", "proxy-port", None, dst),
+                "no proxy-port refusal of {dst} in pinger's flow log"
+            );
+        }
     }
 }
 
@@ -442,7 +1014,7 @@ fn serve_bad_stream(lab: &Lab, pod: &str, then: &'static [u8]) -> io::Result<()>
     let policy = Compiler::new(lab.cluster()).compile(target);
     let mut good = serde_json::to_vec(&Versioned { version: 7, policy }).unwrap();
     good.push(b'\n');
-    let node_ip = target.host_ip.unwrap();
+    let node_ip = target.host_ips[0];
     let listener = lab
         .node()
         .run(move || std::net::TcpListener::bind((node_ip, 7443)))??;
@@ -536,8 +1108,7 @@ fn before_its_first_policy_a_proxy_holds_new_flows_then_applies_its_fail_mode() 
     lab.stop_controller();
     let quick = ProxyOptions {
         hold: Duration::from_millis(300),
-        fail_open: false,
-        max_files: None,
+        ..options(&[]).proxy()
     };
     // No policy arrives: after the hold, fail closed denies even what the policy allows.
     lab.start_proxy_with("x/b", &quick).unwrap();
@@ -651,7 +1222,11 @@ fn the_lab_command_prints_simulate_shaped_json_and_cleans_up_even_when_interrupt
     );
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let flows = json["flows"].as_array().unwrap();
-    assert_eq!(flows.len(), 12, "3 pods, 2 others each, 2 ports");
+    assert_eq!(
+        flows.len(),
+        36,
+        "3 pods, to each pod (itself included), 2 ports, IPv4 and IPv6"
+    );
     let keys: Vec<&str> = flows[0]
         .as_object()
         .unwrap()
@@ -660,14 +1235,22 @@ fn the_lab_command_prints_simulate_shaped_json_and_cleans_up_even_when_interrupt
         .collect();
     assert_eq!(
         keys,
-        ["allowed", "egress", "from", "ingress", "port", "protocol", "to"]
+        ["allowed", "egress", "family", "from", "ingress", "port", "protocol", "to"]
     );
     let denied: Vec<String> = flows
         .iter()
         .filter(|f| f["allowed"] == false)
-        .map(|f| format!("{} {}", f["from"], f["port"]))
+        .map(|f| format!("{} {} {} {}", f["from"], f["to"], f["port"], f["family"]))
         .collect();
-    assert_eq!(denied, ["\"x/c\" 80", "\"x/c\" 81"]);
+    assert_eq!(
+        denied,
+        [
+            "\"x/c\" \"x/b\" 80 \"IPv4\"",
+            "\"x/c\" \"x/b\" 80 \"IPv6\"",
+            "\"x/c\" \"x/b\" 81 \"IPv4\"",
+            "\"x/c\" \"x/b\" 81 \"IPv6\""
+        ]
+    );
 
     let mut child = Command::new(BINARY)
         .args(["lab", "tests/lab/pair", "--keep"])

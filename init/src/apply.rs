@@ -19,7 +19,9 @@ pub fn dry_run(config: &Config, families: &[Family]) -> String {
         let _ = writeln!(out, "# {family} rules: {}-restore --noflush", family.tool());
         out.push_str(&install_input(&build(config, family), &Saved::default()));
     }
-    out.push_str("# policy routing of diverted UDP\n");
+    out.push_str(
+        "# policy routing: diverted UDP, and the app's replies to transparent inbound TCP\n",
+    );
     for &family in families {
         for command in routes::dry_run_commands(config, family) {
             let _ = writeln!(out, "{command}");

@@ -1,4 +1,5 @@
-//! What `palisade init` is told: the proxy's uid and ports, what to skip, the DNS servers.
+//! What `palisade init` is told: the proxy's uid and ports, what to skip, the DNS servers,
+//! the pod's node and whether the pod answers ICMP echo.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -139,6 +140,10 @@ pub struct Config {
     pub mark: u32,
     /// The route table (and `ip rule` preference) that delivers marked packets locally.
     pub route_table: u32,
+    /// The pod's node (`status.hostIPs`): every protocol passes to and from it.
+    pub node_ips: Vec<IpAddr>,
+    /// Let ICMP echo (ping) in and out, when the pod's annotation asks for it.
+    pub allow_icmp: bool,
 }
 
 impl Default for Config {
@@ -154,6 +159,8 @@ impl Default for Config {
             dns_servers: Vec::new(),
             mark: 0x2190,
             route_table: 2190,
+            node_ips: Vec::new(),
+            allow_icmp: false,
         }
     }
 }
@@ -212,7 +219,7 @@ pub fn parse_dns_servers(values: &[String]) -> Result<Option<Vec<IpAddr>>, Error
     }
     list.iter()
         .map(|s| {
-            parse_nameserver(s).ok_or_else(|| Error::BadDnsServer {
+            parse_ip(s).ok_or_else(|| Error::BadDnsServer {
                 value: s.to_string(),
             })
         })
@@ -220,8 +227,23 @@ pub fn parse_dns_servers(values: &[String]) -> Result<Option<Vec<IpAddr>>, Error
         .map(Some)
 }
 
-/// An address as written in resolv.conf; an IPv6 zone (`fe80::1%eth0`) is dropped.
-fn parse_nameserver(s: &str) -> Option<IpAddr> {
+/// Parses `--node-ips`: addresses, each once (an IPv6 zone is dropped).
+pub fn parse_node_ips(values: &[String]) -> Result<Vec<IpAddr>, Error> {
+    let mut ips = Vec::new();
+    for item in items(values) {
+        let ip = parse_ip(item).ok_or_else(|| Error::BadNodeIp {
+            value: item.to_string(),
+        })?;
+        if !ips.contains(&ip) {
+            ips.push(ip);
+        }
+    }
+    Ok(ips)
+}
+
+/// An address as written in resolv.conf or status.hostIPs; an IPv6 zone (`fe80::1%eth0`)
+/// is dropped.
+fn parse_ip(s: &str) -> Option<IpAddr> {
     let s = s.split('%').next().unwrap_or(s);
     s.parse().ok()
 }
@@ -234,7 +256,7 @@ pub fn resolv_conf_nameservers(text: &str) -> Vec<IpAddr> {
         if words.next() != Some("nameserver") {
             continue;
         }
-        if let Some(ip) = words.next().and_then(parse_nameserver) {
+        if let Some(ip) = words.next().and_then(parse_ip) {
             if !servers.contains(&ip) {
                 servers.push(ip);
             }
@@ -323,6 +345,26 @@ mod tests {
             ]
         );
         assert!(parse_dns_servers(&strings(&["dns.example"])).is_err());
+    }
+
+    #[test]
+    fn node_ips_of_both_families() {
+        let got = parse_node_ips(&strings(&["192.168.1.10,fd00::10", " 192.168.1.10"])).unwrap();
+        assert_eq!(
+            got,
+            [
+                "192.168.1.10".parse::<IpAddr>().unwrap(),
+                "fd00::10".parse().unwrap()
+            ]
+        );
+        assert!(parse_node_ips(&strings(&[""])).unwrap().is_empty());
+        let err = parse_node_ips(&strings(&["node-1"]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--node-ips") && err.contains("node-1"),
+            "{err}"
+        );
     }
 
     #[test]

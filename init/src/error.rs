@@ -30,6 +30,12 @@ pub enum Error {
         /// The offending item.
         value: String,
     },
+    /// `--node-ips` holds something that is not an address.
+    #[error("--node-ips: `{value}` is not an IP address (give the node's addresses, as in status.hostIPs)")]
+    BadNodeIp {
+        /// The offending item.
+        value: String,
+    },
     /// A file could not be read.
     #[error("could not read {}: {source}", path.display())]
     Read {

@@ -101,14 +101,28 @@ mod tests {
     use crate::config::{Config, Family};
     use crate::rules::build;
 
+    /// The rules of our filter chains for a default config, IPv4, as `-A` lines (what
+    /// they are is rules.rs's business; here, only where they go).
+    fn filter_rules() -> String {
+        let text = build(&Config::default(), Family::V4).render();
+        let ours = text
+            .lines()
+            .filter(|l| l.starts_with("-A PALISADE_FILTER_"));
+        ours.map(|l| format!("{l}\n")).collect()
+    }
+
     #[test]
     fn on_an_empty_namespace_everything_is_added() {
+        let rules = filter_rules();
         let input = install_input(&build(&Config::default(), Family::V4), &Saved::default());
         let filter = input.split("*filter\n").nth(1).unwrap();
         assert_eq!(
             filter,
-            ":PALISADE_FILTER - [0:0]\n-I INPUT 1 -j PALISADE_FILTER\n-I OUTPUT 1 -j PALISADE_FILTER\n\
-             -A PALISADE_FILTER -p sctp -j DROP\nCOMMIT\n"
+            format!(
+                ":PALISADE_FILTER_IN - [0:0]\n:PALISADE_FILTER_OUT - [0:0]\n\
+                 -I INPUT 1 -j PALISADE_FILTER_IN\n-I OUTPUT 1 -j PALISADE_FILTER_OUT\n\
+                 {rules}COMMIT\n"
+            )
         );
         assert!(input.starts_with("*nat\n:PALISADE_INBOUND - [0:0]\n:PALISADE_OUTPUT - [0:0]\n"));
         assert!(!input.contains("-D ") && !input.contains("-X "));
@@ -116,20 +130,25 @@ mod tests {
 
     #[test]
     fn a_rerun_adds_no_jump_and_fixes_stale_ones() {
+        let rules = filter_rules();
         let desired = build(&Config::default(), Family::V4);
+        // A jump doubled by hand, and the single SCTP chain of an older palisade.
         let installed = Saved::parse(
             "*filter\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:PALISADE_FILTER - [0:0]\n\
-             :PALISADE_OLD - [0:0]\n-A INPUT -j PALISADE_FILTER\n-A INPUT -j PALISADE_FILTER\n\
-             -A INPUT -s 10.0.0.1/32 -j ACCEPT\n-A OUTPUT -j PALISADE_OLD\n\
-             -A PALISADE_FILTER -p sctp -j DROP\nCOMMIT\n",
+             :PALISADE_FILTER_IN - [0:0]\n-A INPUT -j PALISADE_FILTER_IN\n\
+             -A INPUT -j PALISADE_FILTER_IN\n-A INPUT -s 10.0.0.1/32 -j ACCEPT\n\
+             -A OUTPUT -j PALISADE_FILTER\n-A PALISADE_FILTER -p sctp -j DROP\nCOMMIT\n",
         );
         let input = install_input(&desired, &installed);
         let filter = input.split("*filter\n").nth(1).unwrap();
         assert_eq!(
             filter,
-            ":PALISADE_FILTER - [0:0]\n-D INPUT -j PALISADE_FILTER\n-D OUTPUT -j PALISADE_OLD\n\
-             -I OUTPUT 1 -j PALISADE_FILTER\n-A PALISADE_FILTER -p sctp -j DROP\n\
-             -F PALISADE_OLD\n-X PALISADE_OLD\nCOMMIT\n"
+            format!(
+                ":PALISADE_FILTER_IN - [0:0]\n:PALISADE_FILTER_OUT - [0:0]\n\
+                 -D INPUT -j PALISADE_FILTER_IN\n-D OUTPUT -j PALISADE_FILTER\n\
+                 -I OUTPUT 1 -j PALISADE_FILTER_OUT\n{rules}\
+                 -F PALISADE_FILTER\n-X PALISADE_FILTER\nCOMMIT\n"
+            )
         );
     }
 

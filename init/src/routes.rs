@@ -1,5 +1,7 @@
-//! The policy route that delivers marked (diverted) UDP to the local TPROXY socket:
-//! `ip rule add fwmark MARK lookup TABLE pref TABLE` and a `local` default route in TABLE.
+//! The policy route that delivers marked packets locally: diverted UDP to the TPROXY
+//! socket, and the app's replies to the inbound proxy's transparent TCP connections (sent
+//! to a client's address) back to the proxy's socket. `ip rule add fwmark MARK lookup
+//! TABLE pref TABLE` and a `local` default route in TABLE.
 
 use crate::command::run;
 use crate::config::{Config, Family};

@@ -6,7 +6,15 @@
 //! - mangle: every other UDP through the proxy with TPROXY. Outbound UDP is marked, the
 //!   mark routes it back in through `lo` ([`crate::routes`]), and TPROXY hands it to the
 //!   outbound port; inbound UDP is handed to the inbound port.
-//! - filter: SCTP dropped, since it cannot be relayed in user space (fail closed).
+//!   TCP the inbound proxy opens to the app from the client's own address
+//!   (`IP_TRANSPARENT`) is connmarked, so that the app's replies, addressed to that
+//!   client, get the mark too and are routed back in through `lo` to the proxy.
+//! - filter: everything that is neither TCP nor UDP is dropped, in and out, except
+//!   loopback, ICMP/ICMPv6 errors about a tracked connection (conntrack RELATED), IPv6
+//!   neighbour discovery and MLD, traffic with the pod's node, and ICMP echo when the pod
+//!   allows it. TCP and UDP pass here because nat and mangle send them to the proxy.
+
+use std::net::IpAddr;
 
 use ipnet::IpNet;
 
@@ -21,13 +29,37 @@ pub const OUTPUT: &str = "PALISADE_OUTPUT";
 pub const UDP_IN: &str = "PALISADE_UDP_IN";
 /// Outbound UDP marking (mangle, from OUTPUT).
 pub const UDP_OUT: &str = "PALISADE_UDP_OUT";
-/// SCTP dropping (filter, from INPUT and OUTPUT).
-pub const FILTER: &str = "PALISADE_FILTER";
+/// TCP the inbound proxy opens from the client's address, and the app's replies to it
+/// (mangle, from OUTPUT).
+pub const TCP_OUT: &str = "PALISADE_TCP_OUT";
+/// Other protocols coming in (filter, from INPUT).
+pub const FILTER_IN: &str = "PALISADE_FILTER_IN";
+/// Other protocols going out (filter, from OUTPUT).
+pub const FILTER_OUT: &str = "PALISADE_FILTER_OUT";
+
+/// ICMPv6 types a pod receives so that IPv6 works: router advertisement (134),
+/// neighbour solicitation (135) and advertisement (136), redirect (137). Each only with
+/// hop limit 255, which RFC 4861 requires and which proves it was sent on the link.
+pub const ND_IN: [u8; 4] = [134, 135, 136, 137];
+/// ICMPv6 types a pod sends for IPv6 to work: router solicitation (133), neighbour
+/// solicitation (135; duplicate address detection too) and advertisement (136). Never a
+/// router advertisement or a redirect: a pod that sent those could reroute its neighbours
+/// (CVE-2020-10749).
+pub const ND_OUT: [u8; 3] = [133, 135, 136];
+/// MLD queries a pod receives (130), hop limit 1: switches that snoop multicast forward
+/// neighbour solicitations only to ports that answered them.
+pub const MLD_IN: [u8; 1] = [130];
+/// MLD reports (131, and version 2's 143) and done (132) a pod sends, hop limit 1.
+pub const MLD_OUT: [u8; 3] = [131, 132, 143];
 
 /// Every rule of ours for `family`, in the shape of a parsed iptables-save output.
 pub fn build(config: &Config, family: Family) -> Saved {
     Saved {
-        tables: vec![nat(config, family), mangle(config, family), filter()],
+        tables: vec![
+            nat(config, family),
+            mangle(config, family),
+            filter(config, family),
+        ],
     }
 }
 
@@ -39,11 +71,9 @@ fn table(name: &str, chains: &[&str], rules: Vec<Rule>) -> Table {
     }
 }
 
-/// The DNS servers of this family, as iptables-save prints them (`/32`, `/128`).
-fn dns_servers(config: &Config, family: Family) -> Vec<IpNet> {
-    config
-        .dns_servers
-        .iter()
+/// The addresses of this family, as iptables-save prints them (`/32`, `/128`).
+fn hosts(ips: &[IpAddr], family: Family) -> Vec<IpNet> {
+    ips.iter()
         .copied()
         .filter(|ip| family.holds(*ip))
         .map(IpNet::from)
@@ -86,7 +116,7 @@ fn nat(config: &Config, family: Family) -> Table {
         OUTPUT,
         format!("-m owner --uid-owner {uid} -j RETURN"),
     ));
-    for server in dns_servers(config, family) {
+    for server in hosts(&config.dns_servers, family) {
         for proto in ["udp", "tcp"] {
             rules.push(Rule::new(
                 OUTPUT,
@@ -121,6 +151,7 @@ fn mangle(config: &Config, family: Family) -> Table {
     let mut rules = vec![
         Rule::new("PREROUTING", format!("-p udp -j {UDP_IN}")),
         Rule::new("OUTPUT", format!("-p udp -j {UDP_OUT}")),
+        Rule::new("OUTPUT", format!("-p tcp -j {TCP_OUT}")),
     ];
 
     // The pod's own outbound UDP, marked in UDP_OUT and routed back in through lo. TPROXY
@@ -168,7 +199,7 @@ fn mangle(config: &Config, family: Family) -> Table {
         format!("-m conntrack --ctdir REPLY -m connmark --mark {mark:#x} -j RETURN"),
     ));
     // DNS goes to the DNS listener through the nat table, unmarked.
-    for server in dns_servers(config, family) {
+    for server in hosts(&config.dns_servers, family) {
         rules.push(Rule::new(
             UDP_OUT,
             format!("-d {server} -p udp -m udp --dport 53 -j RETURN"),
@@ -187,16 +218,102 @@ fn mangle(config: &Config, family: Family) -> Table {
         UDP_OUT,
         format!("-j MARK --set-xmark {mark:#x}/0xffffffff"),
     ));
-    table("mangle", &[UDP_IN, UDP_OUT], rules)
+
+    // The app's replies to a connection the inbound proxy opened from a client's address
+    // are addressed to that client: the mark routes them back in through lo, to the
+    // proxy's socket, rather than out to the client. Checked first: replies are the
+    // common case here.
+    rules.push(Rule::new(
+        TCP_OUT,
+        format!(
+            "-m conntrack --ctdir REPLY -m connmark --mark {mark:#x} \
+             -j MARK --set-xmark {mark:#x}/0xffffffff"
+        ),
+    ));
+    // Only connections from an address that is not the pod's own: the proxy's other
+    // connections, and the fallback from the pod's address, need nothing.
+    rules.push(Rule::new(
+        TCP_OUT,
+        format!(
+            "-o lo -m owner --uid-owner {uid} -m addrtype ! --src-type LOCAL \
+             -j CONNMARK --set-xmark {mark:#x}/0xffffffff"
+        ),
+    ));
+    table("mangle", &[UDP_IN, UDP_OUT, TCP_OUT], rules)
 }
 
-fn filter() -> Table {
-    let rules = vec![
-        Rule::new("INPUT", format!("-j {FILTER}")),
-        Rule::new("OUTPUT", format!("-j {FILTER}")),
-        Rule::new(FILTER, "-p sctp -j DROP"),
+/// ICMP's protocol name and match, as iptables-save prints them, for a family.
+fn icmp(family: Family) -> (&'static str, &'static str) {
+    match family {
+        Family::V4 => ("icmp", "-m icmp --icmp-type"),
+        Family::V6 => ("ipv6-icmp", "-m icmp6 --icmpv6-type"),
+    }
+}
+
+/// One side of the filter: `chain` for packets coming in (`-i`, `-s`) or going out.
+fn filter_side(config: &Config, family: Family, incoming: bool) -> Vec<Rule> {
+    let (chain, iface, peer) = if incoming {
+        (FILTER_IN, "-i", "-s")
+    } else {
+        (FILTER_OUT, "-o", "-d")
+    };
+    let (proto, icmp_type) = icmp(family);
+    // TCP and UDP first: they are nearly all the traffic, and the proxy judges them.
+    let mut rules = vec![
+        Rule::new(chain, "-p tcp -j RETURN"),
+        Rule::new(chain, "-p udp -j RETURN"),
+        Rule::new(chain, format!("{iface} lo -j RETURN")),
     ];
-    table("filter", &[FILTER], rules)
+    for node in hosts(&config.node_ips, family) {
+        rules.push(Rule::new(chain, format!("{peer} {node} -j RETURN")));
+    }
+    // Errors about a connection conntrack knows (unreachable, too big, time exceeded,
+    // parameter problem): without them path MTU discovery and fast failure break.
+    rules.push(Rule::new(
+        chain,
+        format!("-p {proto} -m conntrack --ctstate RELATED -j RETURN"),
+    ));
+    if family == Family::V6 {
+        let (nd, mld): (&[u8], &[u8]) = if incoming {
+            (&ND_IN, &MLD_IN)
+        } else {
+            (&ND_OUT, &MLD_OUT)
+        };
+        for (types, hop_limit) in [(nd, 255), (mld, 1)] {
+            for kind in types {
+                rules.push(Rule::new(
+                    chain,
+                    format!("-p {proto} {icmp_type} {kind} -m hl --hl-eq {hop_limit} -j RETURN"),
+                ));
+            }
+        }
+    }
+    if config.allow_icmp {
+        let (request, reply) = match family {
+            Family::V4 => (8, 0),
+            Family::V6 => (128, 129),
+        };
+        rules.push(Rule::new(
+            chain,
+            format!("-p {proto} {icmp_type} {request} -j RETURN"),
+        ));
+        rules.push(Rule::new(
+            chain,
+            format!("-p {proto} {icmp_type} {reply} -m conntrack --ctstate ESTABLISHED -j RETURN"),
+        ));
+    }
+    rules.push(Rule::new(chain, "-j DROP"));
+    rules
+}
+
+fn filter(config: &Config, family: Family) -> Table {
+    let mut rules = vec![
+        Rule::new("INPUT", format!("-j {FILTER_IN}")),
+        Rule::new("OUTPUT", format!("-j {FILTER_OUT}")),
+    ];
+    rules.extend(filter_side(config, family, true));
+    rules.extend(filter_side(config, family, false));
+    table("filter", &[FILTER_IN, FILTER_OUT], rules)
 }
 
 #[cfg(test)]
@@ -239,10 +356,14 @@ mod tests {
 -A PALISADE_OUTPUT -p tcp -j REDIRECT --to-ports 7401
 COMMIT
 *mangle
+:PALISADE_TCP_OUT - [0:0]
 :PALISADE_UDP_IN - [0:0]
 :PALISADE_UDP_OUT - [0:0]
 -A PREROUTING -p udp -j PALISADE_UDP_IN
 -A OUTPUT -p udp -j PALISADE_UDP_OUT
+-A OUTPUT -p tcp -j PALISADE_TCP_OUT
+-A PALISADE_TCP_OUT -m conntrack --ctdir REPLY -m connmark --mark 0x2190 -j MARK --set-xmark 0x2190/0xffffffff
+-A PALISADE_TCP_OUT -o lo -m owner --uid-owner 2190 -m addrtype ! --src-type LOCAL -j CONNMARK --set-xmark 0x2190/0xffffffff
 -A PALISADE_UDP_IN -i lo -p udp -m mark --mark 0x2190 -j TPROXY --on-port 7401 --on-ip 0.0.0.0 --tproxy-mark 0x2190/0xffffffff
 -A PALISADE_UDP_IN -i lo -j RETURN
 -A PALISADE_UDP_IN -m conntrack --ctdir REPLY -j RETURN
@@ -259,13 +380,131 @@ COMMIT
 -A PALISADE_UDP_OUT -j MARK --set-xmark 0x2190/0xffffffff
 COMMIT
 *filter
-:PALISADE_FILTER - [0:0]
--A INPUT -j PALISADE_FILTER
--A OUTPUT -j PALISADE_FILTER
--A PALISADE_FILTER -p sctp -j DROP
+:PALISADE_FILTER_IN - [0:0]
+:PALISADE_FILTER_OUT - [0:0]
+-A INPUT -j PALISADE_FILTER_IN
+-A OUTPUT -j PALISADE_FILTER_OUT
+-A PALISADE_FILTER_IN -p tcp -j RETURN
+-A PALISADE_FILTER_IN -p udp -j RETURN
+-A PALISADE_FILTER_IN -i lo -j RETURN
+-A PALISADE_FILTER_IN -p icmp -m conntrack --ctstate RELATED -j RETURN
+-A PALISADE_FILTER_IN -j DROP
+-A PALISADE_FILTER_OUT -p tcp -j RETURN
+-A PALISADE_FILTER_OUT -p udp -j RETURN
+-A PALISADE_FILTER_OUT -o lo -j RETURN
+-A PALISADE_FILTER_OUT -p icmp -m conntrack --ctstate RELATED -j RETURN
+-A PALISADE_FILTER_OUT -j DROP
 COMMIT
 ";
         assert_eq!(build(&sample(), Family::V4).render(), expected);
+    }
+
+    /// The filter rules of one chain, without the chain name.
+    fn chain_rules(text: &str, chain: &str) -> Vec<String> {
+        let prefix = format!("-A {chain} ");
+        text.lines()
+            .filter_map(|l| l.strip_prefix(&prefix))
+            .map(str::to_string)
+            .collect()
+    }
+
+    #[test]
+    fn ipv6_keeps_neighbour_discovery_and_mld_but_never_lets_a_pod_act_as_a_router() {
+        let text = build(&Config::default(), Family::V6).render();
+        assert_eq!(
+            chain_rules(&text, FILTER_IN),
+            [
+                "-p tcp -j RETURN",
+                "-p udp -j RETURN",
+                "-i lo -j RETURN",
+                "-p ipv6-icmp -m conntrack --ctstate RELATED -j RETURN",
+                "-p ipv6-icmp -m icmp6 --icmpv6-type 134 -m hl --hl-eq 255 -j RETURN",
+                "-p ipv6-icmp -m icmp6 --icmpv6-type 135 -m hl --hl-eq 255 -j RETURN",
+                "-p ipv6-icmp -m icmp6 --icmpv6-type 136 -m hl --hl-eq 255 -j RETURN",
+                "-p ipv6-icmp -m icmp6 --icmpv6-type 137 -m hl --hl-eq 255 -j RETURN",
+                "-p ipv6-icmp -m icmp6 --icmpv6-type 130 -m hl --hl-eq 1 -j RETURN",
+                "-j DROP",
+            ]
+        );
+        let out = chain_rules(&text, FILTER_OUT);
+        assert_eq!(
+            out,
+            [
+                "-p tcp -j RETURN",
+                "-p udp -j RETURN",
+                "-o lo -j RETURN",
+                "-p ipv6-icmp -m conntrack --ctstate RELATED -j RETURN",
+                "-p ipv6-icmp -m icmp6 --icmpv6-type 133 -m hl --hl-eq 255 -j RETURN",
+                "-p ipv6-icmp -m icmp6 --icmpv6-type 135 -m hl --hl-eq 255 -j RETURN",
+                "-p ipv6-icmp -m icmp6 --icmpv6-type 136 -m hl --hl-eq 255 -j RETURN",
+                "-p ipv6-icmp -m icmp6 --icmpv6-type 131 -m hl --hl-eq 1 -j RETURN",
+                "-p ipv6-icmp -m icmp6 --icmpv6-type 132 -m hl --hl-eq 1 -j RETURN",
+                "-p ipv6-icmp -m icmp6 --icmpv6-type 143 -m hl --hl-eq 1 -j RETURN",
+                "-j DROP",
+            ]
+        );
+        // Router advertisements and redirects may come in from the node, never go out.
+        assert!(!out
+            .iter()
+            .any(|r| r.contains("type 134") || r.contains("type 137")));
+        // Echo is not among them unless the pod asks.
+        assert!(!text.contains("type 128"), "{text}");
+    }
+
+    #[test]
+    fn the_node_passes_with_every_protocol_in_its_own_family() {
+        let config = Config {
+            node_ips: vec!["192.168.1.10".parse().unwrap(), "fd00::10".parse().unwrap()],
+            ..Config::default()
+        };
+        for (family, node, other) in [
+            (Family::V4, "192.168.1.10/32", "fd00::10"),
+            (Family::V6, "fd00::10/128", "192.168.1.10"),
+        ] {
+            let text = build(&config, family).render();
+            let incoming = chain_rules(&text, FILTER_IN);
+            let outgoing = chain_rules(&text, FILTER_OUT);
+            assert!(incoming.contains(&format!("-s {node} -j RETURN")), "{text}");
+            assert!(outgoing.contains(&format!("-d {node} -j RETURN")), "{text}");
+            assert!(!text.contains(other), "{text}");
+            // Before the final drop, which stays last.
+            assert_eq!(incoming.last().map(String::as_str), Some("-j DROP"));
+            assert_eq!(outgoing.last().map(String::as_str), Some("-j DROP"));
+        }
+    }
+
+    #[test]
+    fn allow_icmp_lets_echo_requests_and_their_replies_through_both_ways() {
+        let config = Config {
+            allow_icmp: true,
+            ..Config::default()
+        };
+        for (family, echo) in [
+            (
+                Family::V4,
+                [
+                    "-p icmp -m icmp --icmp-type 8 -j RETURN",
+                    "-p icmp -m icmp --icmp-type 0 -m conntrack --ctstate ESTABLISHED -j RETURN",
+                ],
+            ),
+            (
+                Family::V6,
+                [
+                    "-p ipv6-icmp -m icmp6 --icmpv6-type 128 -j RETURN",
+                    "-p ipv6-icmp -m icmp6 --icmpv6-type 129 -m conntrack --ctstate ESTABLISHED -j RETURN",
+                ],
+            ),
+        ] {
+            let text = build(&config, family).render();
+            for chain in [FILTER_IN, FILTER_OUT] {
+                let rules = chain_rules(&text, chain);
+                let n = rules.len();
+                assert_eq!(rules[n - 3..n - 1], echo, "{chain}:\n{text}");
+                assert_eq!(rules[n - 1], "-j DROP");
+            }
+        }
+        let without = build(&Config::default(), Family::V4).render();
+        assert!(!without.contains("--icmp-type"), "{without}");
     }
 
     #[test]

@@ -356,9 +356,9 @@ fn cluster() -> Cluster {
                 labels: Labels::new(),
                 annotations: Labels::new(),
                 ips: vec![IpAddr::V4(Ipv4Addr::from(next_ip))],
-                host_ip: Some(IpAddr::V4(Ipv4Addr::from(
+                host_ips: vec![IpAddr::V4(Ipv4Addr::from(
                     u32::from(NODE_NET) + 1 + rng.below(NODES.into()) as u32,
-                ))),
+                ))],
                 host_network: false,
                 ports: vec![],
             };

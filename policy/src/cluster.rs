@@ -50,8 +50,8 @@ pub struct Pod {
     pub annotations: Labels,
     /// `status.podIPs` (or `status.podIP`), primary first.
     pub ips: Vec<IpAddr>,
-    /// `status.hostIP`: the node the pod runs on.
-    pub host_ip: Option<IpAddr>,
+    /// `status.hostIPs` (or `status.hostIP`), primary first: the node the pod runs on.
+    pub host_ips: Vec<IpAddr>,
     /// Whether the pod uses the node's network namespace.
     pub host_network: bool,
     /// The ports its containers declare.
@@ -72,6 +72,14 @@ impl Pod {
             .map(|p| p.port)
     }
 
+    /// The pod's address of `family`, if it has one.
+    pub fn ip_of(&self, family: Family) -> Option<IpAddr> {
+        self.ips
+            .iter()
+            .copied()
+            .find(|ip| Family::of(*ip) == family)
+    }
+
     /// The pod's address in the family of `like` (its primary address if it has none).
     pub fn ip_like(&self, like: IpAddr) -> Option<IpAddr> {
         self.ips
@@ -79,6 +87,58 @@ impl Pod {
             .copied()
             .find(|ip| ip.is_ipv4() == like.is_ipv4())
             .or_else(|| self.ips.first().copied())
+    }
+}
+
+/// An IP family. A dual-stack pod is reached on each of its addresses, and policies can
+/// treat them differently (an `ipBlock` is of one family), so each family is judged apart.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+pub enum Family {
+    /// IPv4.
+    #[default]
+    #[serde(rename = "IPv4")]
+    V4,
+    /// IPv6.
+    #[serde(rename = "IPv6")]
+    V6,
+}
+
+impl Family {
+    /// Both families, IPv4 first.
+    pub const ALL: [Family; 2] = [Family::V4, Family::V6];
+
+    /// The family of `ip` (an IPv4-mapped IPv6 address is IPv6: that is how it travels).
+    pub fn of(ip: IpAddr) -> Family {
+        match ip {
+            IpAddr::V4(_) => Family::V4,
+            IpAddr::V6(_) => Family::V6,
+        }
+    }
+
+    /// `IPv4` or `IPv6`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        }
+    }
+}
+
+impl std::fmt::Display for Family {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -217,7 +277,7 @@ impl Cluster {
         let used: BTreeSet<IpAddr> = self
             .pods
             .iter()
-            .flat_map(|p| p.ips.iter().copied().chain(p.host_ip))
+            .flat_map(|p| p.ips.iter().chain(&p.host_ips).copied())
             .chain(
                 self.services
                     .iter()
@@ -260,9 +320,12 @@ impl Cluster {
             .map(|i| &self.policies[i])
     }
 
-    /// The nodes: every `hostIP` a pod names.
+    /// The nodes: every `hostIPs` address a pod names.
     pub fn node_ips(&self) -> BTreeSet<IpAddr> {
-        self.pods.iter().filter_map(|p| p.host_ip).collect()
+        self.pods
+            .iter()
+            .flat_map(|p| p.host_ips.iter().copied())
+            .collect()
     }
 
     /// Whether a pod asks for palisade's sidecar: its annotation `palisade.dev/inject:

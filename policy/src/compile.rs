@@ -155,7 +155,7 @@ impl<'c> Compiler<'c> {
         PodPolicy {
             pod: pod.key(),
             ips: pod.ips.clone(),
-            host_ip: pod.host_ip,
+            host_ips: pod.host_ips.clone(),
             mode: if self.cluster.pod_in_audit_mode(pod) {
                 Mode::Audit
             } else {
@@ -210,7 +210,7 @@ fn instantiate(t: &PeerTemplate, pod: &Pod) -> CompiledPeer {
         PeerTemplate::Ready(p) => p.clone(),
         PeerTemplate::Host(index) => CompiledPeer {
             index: *index,
-            matches: PeerMatch::Ips(Arc::new(IpSet::new(pod.host_ip.into_iter().collect()))),
+            matches: PeerMatch::Ips(Arc::new(IpSet::new(pod.host_ips.clone()))),
         },
     }
 }

@@ -310,9 +310,10 @@ pub struct PodPolicy {
     pub pod: String,
     /// The pod's own addresses: traffic to them is never judged.
     pub ips: Vec<IpAddr>,
-    /// The pod's node: traffic from and to it is always allowed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub host_ip: Option<IpAddr>,
+    /// The pod's node, its addresses of every family: traffic from and to it is always
+    /// allowed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub host_ips: Vec<IpAddr>,
     /// The pod's mode (from its own or its namespace's annotation).
     pub mode: Mode,
     /// Connections to the pod.

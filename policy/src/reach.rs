@@ -19,9 +19,9 @@ pub struct PodReach {
     pub pod: String,
     /// Its addresses.
     pub ips: Vec<IpAddr>,
-    /// Its node, whose traffic is always allowed.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub node: Option<IpAddr>,
+    /// Its node's addresses, whose traffic is always allowed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub node: Vec<IpAddr>,
     /// Enforce, or audit (denials logged as would-deny and let through).
     pub mode: Mode,
     /// Whether it asks for palisade's sidecar (pod annotation or namespace label).
@@ -181,7 +181,7 @@ pub fn reach(cluster: &Cluster, pod: &Pod) -> PodReach {
     PodReach {
         pod: pod.key(),
         ips: pod.ips.clone(),
-        node: pod.host_ip,
+        node: pod.host_ips.clone(),
         mode: own.mode,
         injected: cluster.pod_asks_for_injection(pod),
         host_network: pod.host_network,

@@ -1,11 +1,13 @@
 //! Every pod-to-pod flow of a cluster and its verdict: what `palisade simulate` prints and
-//! what `palisade lab` expects to observe.
+//! what `palisade lab` expects to observe. A flow between dual-stack pods is judged once
+//! per address family, since policies can treat the two addresses differently (an
+//! `ipBlock` names addresses of one family).
 
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::{Cluster, Pod};
+use crate::cluster::{Cluster, Family, Pod};
 use crate::compile::Compiler;
 use crate::compiled::{Flow, PodPolicy};
 use crate::policy::Direction;
@@ -38,6 +40,10 @@ pub struct SimFlow {
     pub port: u16,
     /// The protocol.
     pub protocol: Protocol,
+    /// The address family: the flow goes between the two pods' addresses of this family
+    /// (IPv4 when a flows file leaves it out).
+    #[serde(default)]
+    pub family: Family,
     /// Whether the flow goes through: both sides let it.
     pub allowed: bool,
     /// The source pod's egress (may be left out of a flows file that only says `allowed`).
@@ -71,7 +77,7 @@ impl SimFlow {
 /// The JSON document `simulate --output json` prints.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Simulation {
-    /// Every flow, sorted by from, to, protocol and port.
+    /// Every flow, sorted by from, to, protocol, port and family.
     pub flows: Vec<SimFlow>,
 }
 
@@ -100,15 +106,17 @@ pub fn side_verdict(policy: &PodPolicy, flow: &Flow<'_>) -> SideVerdict {
     }
 }
 
-/// Judges one flow between two pods whose policies are compiled.
+/// Judges one flow between two pods whose policies are compiled, between their addresses
+/// of `family`; `None` when one of them has no address of that family.
 pub fn judge(
     from: (&Pod, &PodPolicy),
     to: (&Pod, &PodPolicy),
     port: u16,
     protocol: Protocol,
+    family: Family,
 ) -> Option<SimFlow> {
-    let to_ip = *to.0.ips.first()?;
-    let from_ip = from.0.ip_like(to_ip)?;
+    let to_ip = to.0.ip_of(family)?;
+    let from_ip = from.0.ip_of(family)?;
     let egress = Flow {
         direction: Direction::Egress,
         peer: to_ip,
@@ -128,13 +136,14 @@ pub fn judge(
         to: to.0.key(),
         port,
         protocol,
+        family,
         allowed: egress.allowed && ingress.allowed,
         egress,
         ingress,
     })
 }
 
-/// Every flow from one pod to the ports another declares, by protocol and port.
+/// Every flow from one pod to the ports another declares, by protocol, port and family.
 pub fn pair(from: (&Pod, &PodPolicy), to: (&Pod, &PodPolicy)) -> Vec<SimFlow> {
     pair_where(from, to, &|_, _| true)
 }
@@ -155,7 +164,11 @@ pub fn pair_where(
     ports.dedup();
     ports
         .into_iter()
-        .filter_map(|(protocol, port)| judge(from, to, port, protocol))
+        .flat_map(|(protocol, port)| {
+            Family::ALL
+                .into_iter()
+                .filter_map(move |family| judge(from, to, port, protocol, family))
+        })
         .collect()
 }
 
@@ -169,24 +182,141 @@ pub fn compile_all(cluster: &Cluster) -> Vec<Arc<PodPolicy>> {
         .collect()
 }
 
-/// Every ordered pair of distinct pods, on every port the destination declares.
+/// Every ordered pair of distinct pods, on every port the destination declares, in every
+/// family both pods have an address of.
 pub fn simulate(cluster: &Cluster) -> Simulation {
+    flows(cluster, false)
+}
+
+/// [`simulate`], plus each pod's flows to itself (always allowed: what `palisade lab`
+/// probes to check that nothing breaks them).
+pub fn simulate_with_self(cluster: &Cluster) -> Simulation {
+    flows(cluster, true)
+}
+
+fn flows(cluster: &Cluster, with_self: bool) -> Simulation {
     let policies = compile_all(cluster);
     let mut flows = Vec::new();
     for (i, from) in cluster.pods.iter().enumerate() {
         for (j, to) in cluster.pods.iter().enumerate() {
-            if i != j {
+            if i != j || with_self {
                 flows.extend(pair((from, &policies[i]), (to, &policies[j])));
             }
         }
     }
     flows.sort_by(|a, b| {
-        (&a.from, &a.to, a.protocol.as_str(), a.port).cmp(&(
+        (&a.from, &a.to, a.protocol.as_str(), a.port, a.family).cmp(&(
             &b.from,
             &b.to,
             b.protocol.as_str(),
             b.port,
+            b.family,
         ))
     });
     Simulation { flows }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::{load_str, Report};
+
+    /// Pods in namespace `n` serving TCP 80, with the given addresses (primary first).
+    fn cluster(pods: &[(&str, &[&str])], policy: &str) -> Cluster {
+        let mut text = String::new();
+        for (name, ips) in pods {
+            let list: Vec<String> = ips.iter().map(|ip| format!("{{ip: \"{ip}\"}}")).collect();
+            text += &format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: n, labels: {{app: {name}}}}}\n\
+                 spec: {{containers: [{{name: c, ports: [{{containerPort: 80}}]}}]}}\n\
+                 status: {{podIP: \"{}\", podIPs: [{}]}}\n---\n",
+                ips[0],
+                list.join(", ")
+            );
+        }
+        text += policy;
+        let mut cluster = Cluster::default();
+        let mut report = Report::default();
+        load_str(&mut cluster, "t.yaml", &text, &mut report);
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        cluster.finish();
+        cluster
+    }
+
+    fn verdicts(sim: &Simulation) -> Vec<(String, String, Family, bool)> {
+        sim.flows
+            .iter()
+            .map(|f| (f.from.clone(), f.to.clone(), f.family, f.allowed))
+            .collect()
+    }
+
+    #[test]
+    fn a_dual_stack_pod_is_judged_on_each_of_its_addresses() {
+        // a may reach b's IPv4 address only: its IPv6 path must show denied.
+        let c = cluster(
+            &[("a", &["10.0.0.1", "fd00::1"]), ("b", &["10.0.0.2", "fd00::2"])],
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: p, namespace: n}\n\
+             spec:\n  podSelector: {matchLabels: {app: a}}\n  policyTypes: [Egress]\n  \
+             egress: [{to: [{ipBlock: {cidr: 10.0.0.0/24}}]}]\n",
+        );
+        let sim = simulate(&c);
+        let s = |x: &str| format!("n/{x}");
+        assert_eq!(
+            verdicts(&sim),
+            [
+                (s("a"), s("b"), Family::V4, true),
+                (s("a"), s("b"), Family::V6, false),
+                (s("b"), s("a"), Family::V4, true),
+                (s("b"), s("a"), Family::V6, true),
+            ]
+        );
+        let denied = &sim.flows[1];
+        assert_eq!(denied.egress.policies, ["n/p"]);
+        assert!(denied.ingress.allowed);
+    }
+
+    #[test]
+    fn pods_of_different_families_have_no_flow_and_single_stack_pods_have_one() {
+        let c = cluster(
+            &[
+                ("v4", &["10.0.0.1"]),
+                ("v6", &["fd00::2"]),
+                ("both", &["fd00::3", "10.0.0.3"]),
+            ],
+            "",
+        );
+        let sim = simulate(&c);
+        let s = |x: &str| format!("n/{x}");
+        assert_eq!(
+            verdicts(&sim),
+            [
+                (s("both"), s("v4"), Family::V4, true),
+                (s("both"), s("v6"), Family::V6, true),
+                (s("v4"), s("both"), Family::V4, true),
+                (s("v6"), s("both"), Family::V6, true),
+            ]
+        );
+        // The JSON names the family of each flow.
+        let json = serde_json::to_value(&sim).unwrap();
+        assert_eq!(json["flows"][0]["family"], "IPv4");
+        assert_eq!(json["flows"][1]["family"], "IPv6");
+    }
+
+    #[test]
+    fn flows_to_self_are_allowed_whatever_the_policies() {
+        let c = cluster(
+            &[("a", &["10.0.0.1", "fd00::1"])],
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny, namespace: n}\n\
+             spec: {podSelector: {}, policyTypes: [Ingress, Egress]}\n",
+        );
+        assert!(simulate(&c).flows.is_empty());
+        let with_self = simulate_with_self(&c);
+        assert_eq!(
+            verdicts(&with_self),
+            [
+                ("n/a".into(), "n/a".into(), Family::V4, true),
+                ("n/a".into(), "n/a".into(), Family::V6, true),
+            ]
+        );
+    }
 }

@@ -228,7 +228,7 @@ fn before_rules(policy: &PodPolicy, flow: &Flow<'_>) -> Option<Verdict> {
     if is_loopback(flow.peer) || policy.ips.contains(&flow.peer) {
         return Some(Verdict::allow(Reason::Local));
     }
-    if policy.host_ip == Some(flow.peer) {
+    if policy.host_ips.contains(&flow.peer) {
         return Some(Verdict::allow(Reason::Node));
     }
     if policy.side(flow.direction).policies.is_empty() {

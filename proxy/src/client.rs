@@ -5,11 +5,12 @@
 
 use std::hash::BuildHasher;
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::{Request, StatusCode, Uri};
+use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -17,6 +18,7 @@ use palisade_policy::compiled::{stream_path, Versioned};
 use tokio::net::TcpStream;
 
 use crate::config::Config;
+use crate::controller_address::Host;
 use crate::metrics;
 use crate::state::PolicyState;
 
@@ -109,21 +111,15 @@ async fn stream(
     state: &PolicyState,
     received: &mut bool,
 ) -> Result<(), StreamError> {
-    let uri: Uri = config
-        .controller
-        .parse()
-        .map_err(|_| StreamError::Address(config.controller.clone(), "not a URL"))?;
-    if uri.scheme_str() != Some("http") {
-        return Err(StreamError::Address(
-            config.controller.clone(),
-            "only http:// is supported",
-        ));
-    }
-    let authority = uri
-        .authority()
-        .ok_or(StreamError::Address(config.controller.clone(), "no host"))?
-        .clone();
-    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(authority.as_str()))
+    let port = config.controller.port();
+    let connecting = async {
+        match config.controller.host() {
+            Host::Ip(ip) => TcpStream::connect(SocketAddr::new(*ip, port)).await,
+            // Resolved at every connection, so that a Service name follows the controller.
+            Host::Name(name) => TcpStream::connect((name.as_str(), port)).await,
+        }
+    };
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
         .await
         .map_err(|_| StreamError::Connect(io::ErrorKind::TimedOut.into()))?
         .map_err(StreamError::Connect)?;
@@ -137,11 +133,11 @@ async fn stream(
         .await?;
     let driver = tokio::spawn(connection);
     let result = async {
-        let request = Request::get(format!("http://{authority}{}", stream_path(&config.pod)))
+        let request = Request::get(format!("{}{}", config.controller, stream_path(&config.pod)))
             .header(http::header::ACCEPT, "application/x-ndjson")
             .body(Empty::new())
             .map_err(|_| {
-                StreamError::Address(config.controller.clone(), "cannot build a request")
+                StreamError::Address(config.controller.to_string(), "cannot build a request")
             })?;
         let response = sender.send_request(request).await?;
         let status = response.status();

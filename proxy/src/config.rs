@@ -3,6 +3,8 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use crate::controller_address::ControllerAddress;
+
 /// What to do with new flows when no policy has arrived in time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum FailMode {
@@ -20,10 +22,11 @@ pub struct Config {
     pub pod: String,
     /// The pod's own addresses, known before any policy (from the downward API).
     pub pod_ips: Vec<IpAddr>,
-    /// The pod's node, known before any policy: its traffic is always allowed.
-    pub host_ip: Option<IpAddr>,
-    /// Base URL of the controller's policy stream, e.g. `http://10.0.0.1:7443`.
-    pub controller: String,
+    /// The pod's node, its addresses of every family, known before any policy: its traffic
+    /// is always allowed.
+    pub node_ips: Vec<IpAddr>,
+    /// Where the controller's policy stream is, e.g. `http://[fd00::1]:7443`.
+    pub controller: ControllerAddress,
     /// Port of the outbound listener (TCP on loopback; UDP, transparent).
     pub outbound_port: u16,
     /// Port of the inbound listener (TCP and UDP).

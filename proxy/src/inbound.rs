@@ -1,5 +1,6 @@
 //! Inbound TCP: connections to the pod, redirected to the inbound listener. Each is judged
-//! against the pod's ingress policy, then relayed to the address it was sent to.
+//! against the pod's ingress policy, then relayed to the address it was sent to, from the
+//! client's own address (see [`tcp::open_upstream`]).
 
 use std::net::SocketAddr;
 
@@ -18,17 +19,15 @@ pub async fn serve(listener: TcpListener, judge: Judge) {
 }
 
 async fn handle(judge: Judge, client: TcpStream, src: SocketAddr) {
-    // A connection that was not redirected to us, or that is aimed at one of our own
-    // ports, would make the proxy relay into itself: refuse it.
-    let dst = match original_dst(&client) {
-        Ok(dst) if !judge.config().is_own_port(dst.port()) => dst,
-        _ => {
-            reset_on_close(&client);
-            return;
-        }
+    // A connection that was not redirected was aimed at the listener itself: its own
+    // address is where it was going (and is refused below, as the proxy's own port).
+    let Ok(dst) = original_dst(&client).or_else(|_| client.local_addr()) else {
+        reset_on_close(&client);
+        return;
     };
     // The app is reached at the address the client aimed at, so that a server listening
-    // only on loopback stays out of reach, as it would be without palisade.
+    // only on loopback stays out of reach, as it would be without palisade; and from the
+    // client's own address, so that the app sees who called it.
     let flow = FlowInfo {
         direction: Direction::Ingress,
         protocol: Protocol::Tcp,
@@ -36,5 +35,11 @@ async fn handle(judge: Judge, client: TcpStream, src: SocketAddr) {
         dst,
         service: None,
     };
+    // Nobody outside the pod gets to speak to one of the proxy's own ports.
+    if judge.config().is_own_port(dst.port()) {
+        judge.refuse_own_port(&flow);
+        reset_on_close(&client);
+        return;
+    }
     tcp::forward(&judge, flow, client).await
 }

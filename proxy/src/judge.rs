@@ -190,7 +190,7 @@ impl Judge {
         let peer = flow.peer();
         let action = if is_loopback(peer)
             || self.config.pod_ips.contains(&peer)
-            || self.config.host_ip == Some(peer)
+            || self.config.node_ips.contains(&peer)
         {
             Action::Allow
         } else {
@@ -263,18 +263,49 @@ impl Judge {
                 ),
             ),
         };
+        let version = j.snapshot.as_ref().map(|s| s.version);
+        self.write(flow, j.action, reason, detail, version, event);
+    }
+
+    /// Refuses a flow from outside the pod aimed at one of the proxy's own ports, which the
+    /// proxy never relays (it would loop into itself): counted, and logged as `proxy-port`.
+    pub fn refuse_own_port(&self, flow: &FlowInfo) {
+        metrics::counter_flow(flow, Action::Deny);
+        let detail = format!(
+            "port {} is the proxy's own; connections to it from outside the pod are refused",
+            flow.dst.port()
+        );
+        self.write(
+            flow,
+            Action::Deny,
+            "proxy-port".to_owned(),
+            detail,
+            None,
+            None,
+        );
+    }
+
+    fn write(
+        &self,
+        flow: &FlowInfo,
+        action: Action,
+        reason: String,
+        detail: String,
+        policy_version: Option<u64>,
+        event: Option<&'static str>,
+    ) {
         self.log.write(&Entry {
             time: flowlog::now(),
             pod: &self.config.pod,
             direction: flow.direction,
-            action: j.action.as_str(),
+            action: action.as_str(),
             protocol: flow.protocol,
             src: flow.src,
             dst: flow.dst,
             service: flow.service.as_deref(),
             reason,
             detail,
-            policy_version: j.snapshot.as_ref().map(|s| s.version),
+            policy_version,
             event,
         });
     }

@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod client;
 pub mod config;
+pub mod controller_address;
 pub mod dns;
 pub mod flowlog;
 pub mod inbound;
@@ -97,6 +98,7 @@ pub async fn run(config: Config) -> Result<(), ListenError> {
     })?;
     let judge = Judge::new(config.clone(), state.clone(), log);
 
+    tcp::check_transparent();
     let ipv6 = ipv6_up();
     let raw = match udp::RawSender::open(ipv6) {
         Ok(raw) => Some(Arc::new(raw)),

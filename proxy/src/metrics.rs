@@ -20,6 +20,11 @@ pub const POLICY_UPDATES: &str = "palisade_policy_updates_total";
 pub const STREAM_ERRORS: &str = "palisade_policy_stream_errors_total";
 /// Errors accepting or setting up flows, by listener and reason.
 pub const LISTENER_ERRORS: &str = "palisade_listener_errors_total";
+/// 1 when inbound connections reach the app from the client's own address, 0 when the
+/// proxy lacks the capability and they come from the pod's.
+pub const INBOUND_TRANSPARENT: &str = "palisade_inbound_transparent";
+/// Inbound connections made from the pod's address rather than the client's, by reason.
+pub const INBOUND_SOURCE_FALLBACKS: &str = "palisade_inbound_source_fallbacks_total";
 /// Flow log lines dropped because the writer could not keep up.
 pub const FLOW_LOG_DROPPED: &str = "palisade_flow_log_dropped_total";
 
@@ -64,6 +69,14 @@ fn describe() {
     describe_counter!(
         LISTENER_ERRORS,
         "Errors accepting or setting up flows, by listener and reason"
+    );
+    describe_gauge!(
+        INBOUND_TRANSPARENT,
+        "1 when the app sees inbound clients' own addresses, 0 when it sees the pod's"
+    );
+    describe_counter!(
+        INBOUND_SOURCE_FALLBACKS,
+        "Inbound connections made from the pod's address rather than the client's, by reason"
     );
     describe_counter!(
         FLOW_LOG_DROPPED,

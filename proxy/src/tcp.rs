@@ -1,12 +1,16 @@
 //! What inbound and outbound TCP share: accepting without falling over when descriptors run
-//! out, and relaying an allowed connection for as long as the policy keeps allowing it.
+//! out, opening the connection a flow is relayed to (inbound, from the client's own
+//! address), and relaying an allowed connection for as long as the policy keeps allowing it.
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use palisade_policy::policy::Direction;
 use palisade_policy::verdict::Action;
-use tokio::net::{TcpListener, TcpStream};
+use socket2::{Domain, Socket, Type};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 use crate::judge::{FlowInfo, Judge};
 use crate::metrics;
@@ -62,7 +66,7 @@ pub async fn forward(judge: &Judge, flow: FlowInfo, client: TcpStream) {
         reset_on_close(&client);
         return;
     }
-    match connect(judge, flow.dst).await {
+    match open_upstream(judge, &flow).await {
         Ok(upstream) => relay(judge, &flow, j.action, client, upstream).await,
         Err(e) => {
             tracing::debug!(src = %flow.src, dst = %flow.dst, error = %e, "cannot reach the destination");
@@ -71,13 +75,135 @@ pub async fn forward(judge: &Judge, flow: FlowInfo, client: TcpStream) {
     }
 }
 
+/// Opens the connection an allowed flow is relayed to: an inbound one from the client's
+/// own address, so that the app sees who called it; an outbound one from the pod's.
+pub async fn open_upstream(judge: &Judge, flow: &FlowInfo) -> io::Result<TcpStream> {
+    match flow.direction {
+        Direction::Ingress => connect_as(judge, flow.src, flow.dst).await,
+        Direction::Egress => connect(judge, flow.dst).await,
+    }
+}
+
 /// Connects to `dst` within the configured time.
 pub async fn connect(judge: &Judge, dst: SocketAddr) -> io::Result<TcpStream> {
-    let stream = tokio::time::timeout(judge.config().connect_timeout, TcpStream::connect(dst))
+    connect_within(judge, TcpStream::connect(dst)).await
+}
+
+async fn connect_within(
+    judge: &Judge,
+    connecting: impl std::future::Future<Output = io::Result<TcpStream>>,
+) -> io::Result<TcpStream> {
+    let stream = tokio::time::timeout(judge.config().connect_timeout, connecting)
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
     stream.set_nodelay(true)?;
     Ok(stream)
+}
+
+/// Whether sockets may take another address than the pod's (`IP_TRANSPARENT`, which needs
+/// CAP_NET_RAW or CAP_NET_ADMIN). Cleared, and said once, when the kernel refuses.
+static TRANSPARENT: AtomicBool = AtomicBool::new(true);
+
+/// Checks at start that the proxy may connect to the app from its clients' addresses, and
+/// says so (log and metric) when it may not.
+pub fn check_transparent() {
+    let may = Socket::new(Domain::IPV4, Type::STREAM, None)
+        .is_ok_and(|socket| socket.set_ip_transparent_v4(true).is_ok());
+    if may {
+        ::metrics::gauge!(metrics::INBOUND_TRANSPARENT).set(1.0);
+    } else {
+        cannot_be_transparent();
+    }
+}
+
+fn cannot_be_transparent() {
+    if TRANSPARENT.swap(false, Ordering::Relaxed) {
+        ::metrics::gauge!(metrics::INBOUND_TRANSPARENT).set(0.0);
+        tracing::warn!(
+            "cannot connect to the app from the clients' own addresses (IP_TRANSPARENT needs \
+             CAP_NET_RAW); the app will see every inbound connection coming from the pod's \
+             own address"
+        );
+    }
+}
+
+/// Connects to the app at `dst` from the client's own address. Falls back to the pod's
+/// address, counted by reason, when the proxy lacks the capability or that address
+/// cannot be bound (every port of it in use).
+pub async fn connect_as(
+    judge: &Judge,
+    client: SocketAddr,
+    dst: SocketAddr,
+) -> io::Result<TcpStream> {
+    let reason = if TRANSPARENT.load(Ordering::Relaxed) {
+        match transparent_socket(client, dst) {
+            Ok(socket) => return connect_within(judge, socket.connect(dst)).await,
+            Err(Fallback::NoCapability) => {
+                cannot_be_transparent();
+                "no-capability"
+            }
+            Err(Fallback::Bind(e)) => {
+                tracing::debug!(%client, error = %e, "cannot bind the client's address; connecting from the pod's");
+                "bind"
+            }
+        }
+    } else {
+        "no-capability"
+    };
+    ::metrics::counter!(metrics::INBOUND_SOURCE_FALLBACKS, "reason" => reason).increment(1);
+    connect(judge, dst).await
+}
+
+/// Why a connection to the app cannot come from the client's address.
+enum Fallback {
+    /// The kernel refused `IP_TRANSPARENT`.
+    NoCapability,
+    /// The socket could not be made or bound.
+    Bind(io::Error),
+}
+
+/// A socket bound to the client's address (any port but the client's own), ready to
+/// connect to `dst`. The app's replies, addressed to the client, come back to it through
+/// the mark and route `palisade init` installs.
+fn transparent_socket(client: SocketAddr, dst: SocketAddr) -> Result<TcpSocket, Fallback> {
+    let first = bind_transparent(client, dst)?;
+    let port = first
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .map(|a| a.port());
+    if port != Some(client.port()) {
+        return Ok(TcpSocket::from_std_stream(first.into()));
+    }
+    // The client's own port would give the same addresses and ports as the client's
+    // connection, which conntrack already redirects to the proxy: take another. The first
+    // socket holds that port while the second binds.
+    let second = bind_transparent(client, dst)?;
+    drop(first);
+    Ok(TcpSocket::from_std_stream(second.into()))
+}
+
+/// A non-blocking TCP socket bound to the client's address (a port the kernel picks),
+/// which need not be an address of the pod.
+fn bind_transparent(client: SocketAddr, dst: SocketAddr) -> Result<Socket, Fallback> {
+    let socket =
+        Socket::new(Domain::for_address(dst), Type::STREAM, None).map_err(Fallback::Bind)?;
+    let transparent = match client {
+        SocketAddr::V4(_) => socket.set_ip_transparent_v4(true),
+        SocketAddr::V6(_) => socket.set_ip_transparent_v6(true),
+    };
+    match transparent {
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EPERM | libc::EACCES)) => {
+            return Err(Fallback::NoCapability)
+        }
+        r => r.map_err(Fallback::Bind)?,
+    }
+    socket.set_nonblocking(true).map_err(Fallback::Bind)?;
+    // Any port; a link-local address keeps its interface.
+    let mut local = client;
+    local.set_port(0);
+    socket.bind(&local.into()).map_err(Fallback::Bind)?;
+    Ok(socket)
 }
 
 /// Keeps one open-flow gauge up for as long as it lives.

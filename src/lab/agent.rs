@@ -1,10 +1,13 @@
 //! The agent in each lab pod: it serves every TCP and UDP port the pod declares, answering
 //! with the pod's name (and, on TCP, echoing what follows, so a connection can be held
-//! open), and probes other pods from inside its pod. Its sockets are opened
-//! inside the pod's namespace and served from the lab's own runtime.
+//! open) and recording who called (as an app's access log would), and probes other pods
+//! from inside its pod. Its sockets are opened inside the pod's namespace and served from
+//! the lab's own runtime.
 
+use std::collections::VecDeque;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use palisade_policy::ports::Protocol;
@@ -37,6 +40,44 @@ fn socket_in(ns: &Netns, ip: IpAddr, kind: Type, bind: Option<SocketAddr>) -> io
     })?
 }
 
+/// One connection (TCP) or datagram (UDP) a server in the lab received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    /// `namespace/name` of the pod whose server received it.
+    pub pod: String,
+    /// The port it was received on.
+    pub port: u16,
+    /// TCP or UDP.
+    pub protocol: Protocol,
+    /// Who the server saw calling: the peer address of the accepted connection, or the
+    /// source of the datagram.
+    pub peer: SocketAddr,
+}
+
+/// The most recent calls the lab's servers received (the oldest are forgotten past
+/// [`Peers::KEPT`]), shared by every server of a lab.
+#[derive(Debug, Clone, Default)]
+pub struct Peers(Arc<Mutex<VecDeque<Accepted>>>);
+
+impl Peers {
+    /// How many calls are kept.
+    pub const KEPT: usize = 4096;
+
+    fn record(&self, accepted: Accepted) {
+        let mut seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if seen.len() == Self::KEPT {
+            seen.pop_front();
+        }
+        seen.push_back(accepted);
+    }
+
+    /// The calls kept, oldest first.
+    pub fn all(&self) -> Vec<Accepted> {
+        let seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        seen.iter().cloned().collect()
+    }
+}
+
 fn any(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
@@ -45,13 +86,14 @@ fn any(ip: IpAddr) -> IpAddr {
 }
 
 /// Serves `port`/`protocol` in `ns` for every address family of `ips`, answering with
-/// `name`. Must be called inside the lab's runtime.
+/// `name` and recording each caller in `peers`. Must be called inside the lab's runtime.
 pub fn serve(
     ns: &Netns,
     ips: &[IpAddr],
     port: u16,
     protocol: Protocol,
     name: &str,
+    peers: &Peers,
 ) -> io::Result<()> {
     let mut families: Vec<IpAddr> = ips.iter().map(|ip| any(*ip)).collect();
     families.dedup();
@@ -63,8 +105,15 @@ pub fn serve(
                 socket.listen(1024)?;
                 let listener = TcpListener::from_std(socket.into())?;
                 let reply = format!("{name}\n");
+                let (pod, peers) = (name.to_owned(), peers.clone());
                 tokio::spawn(async move {
-                    while let Ok((mut stream, _)) = listener.accept().await {
+                    while let Ok((mut stream, peer)) = listener.accept().await {
+                        peers.record(Accepted {
+                            pod: pod.clone(),
+                            port,
+                            protocol,
+                            peer,
+                        });
                         let reply = reply.clone();
                         tokio::spawn(async move {
                             if stream.write_all(reply.as_bytes()).await.is_ok() {
@@ -79,9 +128,16 @@ pub fn serve(
                 let socket =
                     UdpSocket::from_std(socket_in(ns, family, Type::DGRAM, Some(addr))?.into())?;
                 let reply = name.to_owned();
+                let peers = peers.clone();
                 tokio::spawn(async move {
                     let mut buf = [0u8; 512];
                     while let Ok((_, from)) = socket.recv_from(&mut buf).await {
+                        peers.record(Accepted {
+                            pod: reply.clone(),
+                            port,
+                            protocol,
+                            peer: from,
+                        });
                         let _ = socket.send_to(reply.as_bytes(), from).await;
                     }
                 });

@@ -53,11 +53,12 @@ fn print_table(lab: &Lab, observed: &[Observed]) -> usize {
     for o in &differ {
         let f = &o.expected;
         println!(
-            "differs: {} -> {} {}/{}: expected {}, observed {}",
+            "differs: {} -> {} {}/{} over {}: expected {}, observed {}",
             f.from,
             f.to,
             f.port,
             f.protocol,
+            f.family,
             if f.allowed { "allowed" } else { "denied" },
             if f.allowed { "denied" } else { "allowed" },
         );

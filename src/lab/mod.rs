@@ -1,17 +1,19 @@
 //! `palisade lab`: a real mini-cluster in network namespaces, built from manifests. Each pod
 //! gets a namespace with its address and an agent serving its ports; injected pods get
 //! `palisade init` and `palisade proxy`, fed by `palisade controller` reading the same
-//! manifests. The lab probes every flow `simulate` judges, through the real kernel and
-//! proxies, and reports what it observed against what was expected.
+//! manifests. The lab probes every flow `simulate` judges (each address family of
+//! dual-stack pods, and each pod's flows to itself), through the real kernel and proxies,
+//! and reports what it observed against what was expected.
 
 pub mod agent;
 pub mod cli;
 pub mod netns;
 pub mod network;
 pub mod processes;
+pub mod raw;
 
 use std::collections::BTreeSet;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
@@ -19,11 +21,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use palisade_controller::folder::{self, manifest_files};
-use palisade_policy::cluster::{Cluster, Pod};
+use palisade_policy::cluster::{Cluster, Family, Pod};
 use palisade_policy::compile::Compiler;
 use palisade_policy::manifest::Report;
 use palisade_policy::ports::Protocol;
-use palisade_policy::simulate::{simulate, SimFlow};
+use palisade_policy::simulate::{simulate_with_self, SimFlow};
 
 use network::Network;
 use processes::Processes;
@@ -31,8 +33,10 @@ pub use processes::ProxyOptions;
 
 /// Ports the proxy listens on inside an injected pod; the app cannot use them.
 const PROXY_PORTS: [u16; 4] = [7401, 7402, 7403, 7490];
-/// The node's address when no pod names one.
-const DEFAULT_NODE_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 255, 1);
+/// The node's IPv4 address when no pod names one and pods have IPv4 addresses.
+const DEFAULT_NODE_V4: Ipv4Addr = Ipv4Addr::new(192, 168, 255, 1);
+/// The node's IPv6 address when no pod names one and pods have IPv6 addresses.
+const DEFAULT_NODE_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xffff, 0, 0, 0, 0, 0, 1);
 /// How long proxies may take to get their first policy.
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// Probes run at once.
@@ -58,6 +62,7 @@ impl LabOptions {
             hold: self.hold,
             fail_open: false,
             max_files: None,
+            net_raw: true,
         }
     }
 }
@@ -106,6 +111,7 @@ pub struct Lab {
     injected: BTreeSet<String>,
     manifests: PathBuf,
     options: LabOptions,
+    peers: agent::Peers,
     workdir: WorkDir,
 }
 
@@ -132,14 +138,45 @@ fn copy_manifests(paths: &[PathBuf], into: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The node's addresses: those the first pod naming its node gives (`hostIPs`), plus one
+/// of each family pods have and the node has not (a dual-stack or IPv6-only cluster whose
+/// manifests name an IPv4 node only), primary first.
+fn node_ips(cluster: &Cluster) -> Vec<IpAddr> {
+    let mut ips = cluster
+        .pods
+        .iter()
+        .find(|p| !p.host_ips.is_empty())
+        .map(|p| p.host_ips.clone())
+        .unwrap_or_default();
+    for (family, default) in [
+        (Family::V4, IpAddr::from(DEFAULT_NODE_V4)),
+        (Family::V6, IpAddr::from(DEFAULT_NODE_V6)),
+    ] {
+        let pods_have = cluster
+            .pods
+            .iter()
+            .any(|p| !p.host_network && p.ip_of(family).is_some());
+        if pods_have && !ips.iter().any(|ip| Family::of(*ip) == family) {
+            ips.push(default);
+        }
+    }
+    if ips.is_empty() {
+        ips.push(DEFAULT_NODE_V4.into());
+    }
+    ips
+}
+
 /// The lab's own facts about pods, written after the user's manifests so that they win:
-/// every pod on the lab's node, host-network pods at the node's address.
-fn pod_overrides(cluster: &Cluster, node_ip: IpAddr) -> serde_json::Value {
+/// every pod on the lab's node, host-network pods at the node's addresses.
+fn pod_overrides(cluster: &Cluster, node_ips: &[IpAddr]) -> serde_json::Value {
     let items: Vec<serde_json::Value> = cluster
         .pods
         .iter()
         .map(|p| {
-            let ips: Vec<IpAddr> = if p.host_network { vec![node_ip] } else { p.ips.clone() };
+            let ips: Vec<IpAddr> = if p.host_network { node_ips.to_vec() } else { p.ips.clone() };
+            let list = |ips: &[IpAddr]| -> Vec<serde_json::Value> {
+                ips.iter().map(|ip| serde_json::json!({"ip": ip.to_string()})).collect()
+            };
             let ports: Vec<serde_json::Value> = p
                 .ports
                 .iter()
@@ -158,8 +195,9 @@ fn pod_overrides(cluster: &Cluster, node_ip: IpAddr) -> serde_json::Value {
                 "spec": {"hostNetwork": p.host_network, "containers": [{"name": "app", "ports": ports}]},
                 "status": {
                     "podIP": ips[0].to_string(),
-                    "podIPs": ips.iter().map(|ip| serde_json::json!({"ip": ip.to_string()})).collect::<Vec<_>>(),
-                    "hostIP": node_ip.to_string(),
+                    "podIPs": list(&ips),
+                    "hostIP": node_ips[0].to_string(),
+                    "hostIPs": list(node_ips),
                 },
             })
         })
@@ -182,20 +220,15 @@ impl Lab {
         copy_manifests(&options.paths, &manifests)?;
 
         let (first, _) = folder::load(std::slice::from_ref(&manifests));
-        let node_ip = first
-            .pods
-            .iter()
-            .find_map(|p| p.host_ip)
-            .unwrap_or(DEFAULT_NODE_IP.into());
-        if first
-            .pods
-            .iter()
-            .any(|p| !p.host_network && p.ips.contains(&node_ip))
-        {
-            bail!("a pod has the node's address {node_ip}; give it another podIP");
+        let node_ips = node_ips(&first);
+        if let Some((pod, ip)) = first.pods.iter().find_map(|p| {
+            let clash = p.ips.iter().find(|ip| node_ips.contains(ip));
+            clash.filter(|_| !p.host_network).map(|ip| (p.key(), ip))
+        }) {
+            bail!("pod {pod} has the node's address {ip}; give it another podIP");
         }
         // `~` sorts after every other name, so these objects are read last and win.
-        let overrides = serde_json::to_vec_pretty(&pod_overrides(&first, node_ip))?;
+        let overrides = serde_json::to_vec_pretty(&pod_overrides(&first, &node_ips))?;
         std::fs::write(manifests.join("~lab-pods.json"), overrides)?;
         let (cluster, report) = folder::load(std::slice::from_ref(&manifests));
 
@@ -215,8 +248,8 @@ impl Lab {
             INTERRUPTED.store(true, Ordering::Relaxed);
         });
 
-        let network =
-            Network::build("plab", node_ip, &cluster.pods).context("building the lab's network")?;
+        let network = Network::build("plab", &node_ips, &cluster.pods)
+            .context("building the lab's network")?;
         network
             .translate_services(Compiler::new(&cluster).services())
             .context("translating Service addresses")?;
@@ -229,6 +262,7 @@ impl Lab {
             .map(Pod::key)
             .collect();
 
+        let peers = agent::Peers::default();
         {
             let _inside = runtime.enter();
             for pod in &cluster.pods {
@@ -245,19 +279,19 @@ impl Lab {
                         );
                         continue;
                     }
-                    agent::serve(ns, &pod.ips, port, protocol, &pod.key()).with_context(|| {
-                        format!("serving {port}/{protocol} in pod {}", pod.key())
-                    })?;
+                    agent::serve(ns, &pod.ips, port, protocol, &pod.key(), &peers).with_context(
+                        || format!("serving {port}/{protocol} in pod {}", pod.key()),
+                    )?;
                 }
             }
         }
 
         let mut processes = Processes::new(options.binary.clone(), workdir.0.join("logs"))?;
-        processes.start_controller(&network.node, node_ip, &manifests)?;
+        processes.start_controller(&network.node, &manifests)?;
         for pod in cluster.pods.iter().filter(|p| injected.contains(&p.key())) {
             let ns = network.netns_of(pod);
-            processes.init(ns, pod)?;
-            processes.start_proxy(ns, pod, node_ip, &options.proxy())?;
+            processes.init(ns, pod, &node_ips)?;
+            processes.start_proxy(ns, pod, &node_ips, &options.proxy())?;
         }
         let lab = Lab {
             processes,
@@ -268,6 +302,7 @@ impl Lab {
             injected,
             manifests,
             options,
+            peers,
             workdir,
         };
         lab.wait_ready(READY_TIMEOUT)?;
@@ -378,10 +413,11 @@ impl Lab {
         self.probe_addr(from, SocketAddr::new(ip, port), protocol, to)
     }
 
-    /// What the lab expects of every flow: `simulate`'s verdicts, where a pod without a
-    /// proxy (with `--respect-injection`) lets everything through on its side.
+    /// What the lab expects of every flow: `simulate`'s verdicts (with each pod's flows to
+    /// itself), where a pod without a proxy (with `--respect-injection`) lets everything
+    /// through on its side.
     pub fn expected(&self) -> Vec<SimFlow> {
-        let mut flows = simulate(&self.cluster).flows;
+        let mut flows = simulate_with_self(&self.cluster).flows;
         for f in &mut flows {
             for (pod, side) in [(&f.from, &mut f.egress), (&f.to, &mut f.ingress)] {
                 if !self.injected.contains(pod) && !side.allowed {
@@ -395,7 +431,8 @@ impl Lab {
         flows
     }
 
-    /// Probes every flow `simulate` judges (SCTP ones are listed, not probed).
+    /// Probes every flow of [`Lab::expected`] (SCTP ones are listed, not probed), each
+    /// to the destination's address of the flow's family.
     pub fn probe_all(&self) -> anyhow::Result<Vec<Observed>> {
         let flows = self.expected();
         let permits = Arc::new(tokio::sync::Semaphore::new(PROBES_AT_ONCE));
@@ -403,7 +440,10 @@ impl Lab {
         for flow in flows {
             let from = self.netns(&flow.from)?;
             let to = self.pod(&flow.to)?;
-            let dst = SocketAddr::new(to.ips[0], flow.port);
+            let ip = to
+                .ip_of(flow.family)
+                .ok_or_else(|| anyhow!("pod {} has no {} address", flow.to, flow.family))?;
+            let dst = SocketAddr::new(ip, flow.port);
             let permits = permits.clone();
             tasks.push(async move {
                 if flow.protocol == Protocol::Sctp || interrupted() {
@@ -434,9 +474,22 @@ impl Lab {
 
     /// Starts the controller again.
     pub fn start_controller(&mut self) -> anyhow::Result<()> {
-        let ip = self.network.node_ip;
         self.processes
-            .start_controller(&self.network.node, ip, &self.manifests)?;
+            .start_controller(&self.network.node, &self.manifests)?;
+        Ok(())
+    }
+
+    /// The node's addresses, primary first.
+    pub fn node_ips(&self) -> &[IpAddr] {
+        &self.network.node_ips
+    }
+
+    /// Runs `palisade init` in an injected pod again, as a restarted init container would:
+    /// it puts back whatever was changed in its rules.
+    pub fn install_rules(&self, pod: &str) -> anyhow::Result<()> {
+        let p = self.pod(pod)?;
+        let ns = self.network.netns_of(p);
+        self.processes.init(ns, p, &self.network.node_ips)?;
         Ok(())
     }
 
@@ -458,7 +511,7 @@ impl Lab {
         let p = self.pod(pod)?.clone();
         let ns = self.network.netns_of(&p);
         self.processes
-            .start_proxy(ns, &p, self.network.node_ip, options)?;
+            .start_proxy(ns, &p, &self.network.node_ips, options)?;
         let start = Instant::now();
         // The admin server starts once every listener is open.
         while !matches!(
@@ -474,6 +527,16 @@ impl Lab {
             std::thread::sleep(Duration::from_millis(20));
         }
         Ok(())
+    }
+
+    /// The calls a pod's servers received so far (the lab keeps the most recent
+    /// [`agent::Peers::KEPT`]), oldest first: who its app saw calling.
+    pub fn calls_to(&self, pod: &str) -> Vec<agent::Accepted> {
+        self.peers
+            .all()
+            .into_iter()
+            .filter(|a| a.pod == pod)
+            .collect()
     }
 
     /// The flow log lines a pod's proxy wrote so far.

@@ -1,7 +1,8 @@
 //! The lab's network: one node namespace with a bridge, and one namespace per pod joined
-//! to it by a veth. Pods keep the addresses their manifests give them (as /32 and /128),
-//! and route everything through the node, which routes each pod address to its veth, the
-//! way Calico lays out a node. Nothing has a route out of the lab.
+//! to it by a veth. Pods keep the addresses their manifests give them (as /32 and /128;
+//! IPv4, IPv6 or both), and route everything of each family they have through the node,
+//! which routes each pod address to the bridge, the way Calico lays out a node. The node
+//! has an address of each family the pods use. Nothing has a route out of the lab.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -21,8 +22,8 @@ pub const NODE_LINK_LOCAL: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1)
 pub struct Network {
     /// The node: the bridge, the controller, host-network pods.
     pub node: Netns,
-    /// The node's address (every pod's hostIP).
-    pub node_ip: IpAddr,
+    /// The node's addresses, primary first (every pod's hostIPs).
+    pub node_ips: Vec<IpAddr>,
     /// Each pod's namespace by `namespace/name` (host-network pods use the node's).
     pub pods: BTreeMap<String, Netns>,
 }
@@ -49,7 +50,7 @@ fn family_len(ip: IpAddr) -> &'static str {
 
 impl Network {
     /// Builds the node and one namespace per pod that does not use the node's network.
-    pub fn build(prefix: &str, node_ip: IpAddr, pods: &[Pod]) -> io::Result<Network> {
+    pub fn build(prefix: &str, node_ips: &[IpAddr], pods: &[Pod]) -> io::Result<Network> {
         let node = Netns::new(prefix)?;
         // Addresses come up at once: no duplicate address detection to wait for.
         sysctl(
@@ -62,13 +63,13 @@ impl Network {
             ],
         )?;
         node.ip(&["link", "add", "br0", "type", "bridge"])?;
-        node.ip(&[
-            "addr",
-            "add",
-            &format!("{node_ip}/{}", family_len(node_ip)),
-            "dev",
-            "br0",
-        ])?;
+        for ip in node_ips {
+            let cidr = format!("{ip}/{}", family_len(*ip));
+            match ip {
+                IpAddr::V4(_) => node.ip(&["addr", "add", &cidr, "dev", "br0"])?,
+                IpAddr::V6(_) => node.ip(&["-6", "addr", "add", &cidr, "dev", "br0", "nodad"])?,
+            }
+        }
         node.ip(&[
             "-6",
             "addr",
@@ -82,9 +83,10 @@ impl Network {
 
         let mut network = Network {
             node,
-            node_ip,
+            node_ips: node_ips.to_vec(),
             pods: BTreeMap::new(),
         };
+        let node_v4 = node_ips.iter().find(|ip| ip.is_ipv4());
         for (i, pod) in pods.iter().filter(|p| !p.host_network).enumerate() {
             let ns = Netns::new(prefix)?;
             sysctl(
@@ -98,7 +100,7 @@ impl Network {
             veth(&network.node, &port, &ns, "eth0")?;
             network.node.ip(&["link", "set", &port, "master", "br0"])?;
             // The node is reached on the link; everything else goes through it.
-            if node_ip.is_ipv4() {
+            if let Some(node_ip) = node_v4.filter(|_| pod.ips.iter().any(IpAddr::is_ipv4)) {
                 ns.ip(&["route", "add", &format!("{node_ip}/32"), "dev", "eth0"])?;
                 ns.ip(&[
                     "route",

@@ -5,12 +5,13 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use palisade_policy::cluster::Pod;
+use palisade_policy::cluster::{Family, Pod};
+use palisade_proxy::controller_address::ControllerAddress;
 
 use super::netns::Netns;
 
@@ -25,6 +26,8 @@ const INIT_ANNOTATIONS: [(&str, &str); 3] = [
     ("palisade.dev/skip-outbound-ports", "--skip-outbound-ports"),
     ("palisade.dev/skip-outbound-cidrs", "--skip-outbound-cidrs"),
 ];
+/// The pod annotation that lets ICMP echo in and out (`palisade init --allow-icmp`).
+pub const ALLOW_ICMP_ANNOTATION: &str = "palisade.dev/allow-icmp";
 
 /// How a proxy is started.
 #[derive(Debug, Clone)]
@@ -35,6 +38,9 @@ pub struct ProxyOptions {
     pub fail_open: bool,
     /// A cap on its open descriptors.
     pub max_files: Option<u32>,
+    /// Give it CAP_NET_RAW, as the chart does: UDP, and connecting to the app from the
+    /// client's own address, need it.
+    pub net_raw: bool,
 }
 
 /// The running parts, and where their logs go.
@@ -80,20 +86,19 @@ impl Processes {
         self.logs.join(format!("{}.log", pod.replace('/', "_")))
     }
 
-    /// Starts the controller in the node, reading `manifests`.
-    pub fn start_controller(
-        &mut self,
-        node: &Netns,
-        node_ip: IpAddr,
-        manifests: &Path,
-    ) -> io::Result<()> {
+    /// Starts the controller in the node, reading `manifests`, on every node address of
+    /// both families.
+    pub fn start_controller(&mut self, node: &Netns, manifests: &Path) -> io::Result<()> {
         let log = self.log("controller.log")?;
         let child = node
             .command(path_str(&self.binary)?)
             .arg("controller")
             .arg("--source")
             .arg(manifests)
-            .args(["--listen", &format!("{node_ip}:{CONTROLLER_PORT}")])
+            .args([
+                "--listen",
+                &SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), CONTROLLER_PORT).to_string(),
+            ])
             .args(["--metrics", "127.0.0.1:9090", "--poll", "100ms"])
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -111,13 +116,21 @@ impl Processes {
     }
 
     /// Installs the pod's iptables rules, as its init container would.
-    pub fn init(&self, ns: &Netns, pod: &Pod) -> io::Result<()> {
+    pub fn init(&self, ns: &Netns, pod: &Pod, node_ips: &[IpAddr]) -> io::Result<()> {
         let mut command = ns.command(path_str(&self.binary)?);
         command.args(["init", "--dns-servers", "none"]);
+        command.args(["--node-ips", &joined(node_ips)]);
         for (annotation, flag) in INIT_ANNOTATIONS {
             if let Some(value) = pod.annotations.get(annotation) {
                 command.args([flag, value]);
             }
+        }
+        if pod
+            .annotations
+            .get(ALLOW_ICMP_ANNOTATION)
+            .is_some_and(|v| v == "true")
+        {
+            command.arg("--allow-icmp");
         }
         let output = command.stdin(Stdio::null()).output()?;
         if !output.status.success() {
@@ -130,19 +143,27 @@ impl Processes {
         Ok(())
     }
 
-    /// Starts the pod's proxy as uid 2190, with CAP_NET_RAW only (for UDP), as a sidecar
-    /// would run.
+    /// Starts the pod's proxy as uid 2190, with CAP_NET_RAW only (unless `options` say
+    /// otherwise), as a sidecar would run.
     pub fn start_proxy(
         &mut self,
         ns: &Netns,
         pod: &Pod,
-        node_ip: IpAddr,
+        node_ips: &[IpAddr],
         options: &ProxyOptions,
     ) -> io::Result<()> {
         let key = pod.key();
         // A proxy already running holds the ports: it goes first.
         self.stop_proxy(&key);
-        let ips: Vec<String> = pod.ips.iter().map(IpAddr::to_string).collect();
+        // The controller, at the node's address of the pod's own family.
+        let family = pod.ips.first().map_or(Family::V4, |ip| Family::of(*ip));
+        let node_ip = node_ips
+            .iter()
+            .copied()
+            .find(|ip| Family::of(*ip) == family)
+            .unwrap_or(node_ips[0]);
+        let controller = ControllerAddress::new(node_ip, CONTROLLER_PORT);
+        let caps = if options.net_raw { "+net_raw" } else { "-all" };
         let mut command = match options.max_files {
             Some(n) => {
                 let mut c = ns.command("prlimit");
@@ -156,21 +177,14 @@ impl Processes {
                 &format!("--reuid={PROXY_UID}"),
                 &format!("--regid={PROXY_UID}"),
                 "--clear-groups",
-                "--inh-caps=+net_raw",
-                "--ambient-caps=+net_raw",
+                &format!("--inh-caps={caps}"),
+                &format!("--ambient-caps={caps}"),
             ])
             .arg(&self.binary)
             .args(["proxy", "--pod", &key])
-            .args([
-                "--controller",
-                &format!("http://{node_ip}:{CONTROLLER_PORT}"),
-            ])
-            .args([
-                "--pod-ips",
-                &ips.join(","),
-                "--host-ip",
-                &node_ip.to_string(),
-            ])
+            .args(["--controller", &controller.to_string()])
+            .args(["--pod-ips", &joined(&pod.ips)])
+            .args(["--node-ips", &joined(node_ips)])
             .args(["--hold", &format!("{}ms", options.hold.as_millis())])
             .args([
                 "--fail-mode",
@@ -218,6 +232,12 @@ impl Drop for Processes {
         }
         self.stop_controller();
     }
+}
+
+/// Addresses as a comma-separated list, as flags and the downward API give them.
+fn joined(ips: &[IpAddr]) -> String {
+    let shown: Vec<String> = ips.iter().map(IpAddr::to_string).collect();
+    shown.join(",")
 }
 
 fn path_str(p: &Path) -> io::Result<&str> {

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 
 use super::{pod_list, word_list, Check, Context, Finding, Severity};
-use crate::cluster::Pod;
+use crate::cluster::{Family, Pod};
 use crate::compiled::Flow;
 use crate::policy::{Direction, PolicyId};
 use crate::ports::Protocol;
@@ -90,8 +90,15 @@ pub(super) fn check(cx: &Context<'_>, out: &mut Vec<Finding>) {
             let through = |protocol| -> Result<&Pod, SimFlow> {
                 let mut refused = None;
                 for &(j, server) in &servers {
-                    let Some(f) = judge((pod, policy), (server, &cx.compiled[j]), 53, protocol)
-                    else {
+                    let Some(f) = Family::ALL.into_iter().find_map(|family| {
+                        judge(
+                            (pod, policy),
+                            (server, &cx.compiled[j]),
+                            53,
+                            protocol,
+                            family,
+                        )
+                    }) else {
                         continue;
                     };
                     if f.action() == Action::Allow {

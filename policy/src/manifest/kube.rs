@@ -223,27 +223,32 @@ pub(crate) fn pod(obj: &Field<'_>) -> Pod {
             });
         }
     }
-    let mut ips: Vec<IpAddr> = status
-        .get("podIPs")
-        .items()
-        .iter()
-        .filter_map(|i| ip(&i.get("ip")))
-        .collect();
-    if let Some(primary) = ip(&status.get("podIP")) {
-        if !ips.contains(&primary) {
-            ips.insert(0, primary);
-        }
-    }
     Pod {
         namespace: meta.namespace,
         name: meta.name,
         labels: meta.labels,
         annotations: meta.annotations,
-        ips,
-        host_ip: ip(&status.get("hostIP")),
+        ips: addresses(&status, "podIPs", "podIP"),
+        host_ips: addresses(&status, "hostIPs", "hostIP"),
         host_network: spec.get("hostNetwork").bool().unwrap_or(false),
         ports,
     }
+}
+
+/// The addresses of a status list field (`podIPs`, `hostIPs`: `[{ip: ...}]`) with its
+/// single-address field (`podIP`, `hostIP`) first, the primary one.
+fn addresses(status: &Field<'_>, list: &str, single: &str) -> Vec<IpAddr> {
+    let mut ips: Vec<IpAddr> = status
+        .get(list)
+        .items()
+        .iter()
+        .filter_map(|i| ip(&i.get("ip")))
+        .collect();
+    if let Some(primary) = ip(&status.get(single)) {
+        ips.retain(|a| *a != primary);
+        ips.insert(0, primary);
+    }
+    ips
 }
 
 pub(crate) fn service(obj: &Field<'_>) -> Service {

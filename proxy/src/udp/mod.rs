@@ -218,9 +218,6 @@ async fn inbound(
     mut rx: mpsc::Receiver<Bytes>,
 ) -> io::Result<()> {
     let (client, dst) = key;
-    if judge.config().is_own_port(dst.port()) {
-        return Ok(());
-    }
     let flow = FlowInfo {
         direction: Direction::Ingress,
         protocol: Protocol::Udp,
@@ -228,6 +225,11 @@ async fn inbound(
         dst,
         service: None,
     };
+    if judge.config().is_own_port(dst.port()) {
+        judge.refuse_own_port(&flow);
+        sessions.deny(key, Instant::now() + judge.config().udp_idle);
+        return Ok(());
+    }
     let Some((action, _open)) = open(judge, sessions, key, &flow).await else {
         return Ok(());
     };
