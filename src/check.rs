@@ -11,7 +11,7 @@ use palisade_policy::cluster::{Cluster, Family, Pod};
 use palisade_policy::compile::Compiler;
 use palisade_policy::explain::{explain, Explanation, Question, SideExplanation};
 use palisade_policy::fqdn::normalize;
-use palisade_policy::http::PlainRequest;
+use palisade_policy::http::{HeaderMatch, PlainRequest};
 use palisade_policy::ports::Protocol;
 use palisade_policy::verdict::Action;
 
@@ -50,9 +50,13 @@ pub struct Args {
     /// An HTTP request's method, to judge HTTP rules (default GET when --path is given).
     #[arg(long)]
     method: Option<String>,
-    /// An HTTP request's path, to judge HTTP rules (default / when --method is given).
+    /// An HTTP request's path and query, to judge HTTP rules (default / when --method is
+    /// given); normalised as the proxy does.
     #[arg(long)]
     path: Option<String>,
+    /// A header of the HTTP request, `Name: value` (repeat for several).
+    #[arg(long)]
+    header: Vec<String>,
     /// The DNS name the source resolved the destination from (for FQDN rules); also the
     /// request's Host and the TLS server name.
     #[arg(long)]
@@ -144,12 +148,30 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         other => destinations.push((other, None)),
     }
 
-    let request = (args.method.is_some() || args.path.is_some()).then(|| PlainRequest {
-        method: args.method.clone().unwrap_or_else(|| "GET".into()),
-        path: args.path.clone().unwrap_or_else(|| "/".into()),
-        host: args.host.as_deref().map(normalize),
-        headers: Vec::new(),
-    });
+    // A request the proxy refuses before any rule (its path cannot be normalised) is refused
+    // only where the proxy inspects the connection; elsewhere its bytes pass unread.
+    let mut refused = None;
+    let request = if args.method.is_some() || args.path.is_some() || !args.header.is_empty() {
+        let method = args.method.as_deref().unwrap_or("GET");
+        let target = args.path.as_deref().unwrap_or("/");
+        // The same normal form the proxy judges and forwards; what it refuses, check does too.
+        let mut r = PlainRequest::new(method, target).unwrap_or_else(|e| {
+            refused = Some(format!("{method} {target}: {e}"));
+            PlainRequest {
+                method: method.to_owned(),
+                path: target.to_owned(),
+                ..Default::default()
+            }
+        });
+        r.host = args.host.as_deref().map(normalize);
+        for h in &args.header {
+            let m = HeaderMatch::parse(h).map_err(|e| anyhow!("--header: {e}"))?;
+            r.headers.push((m.name, m.value.unwrap_or_default()));
+        }
+        Some(r)
+    } else {
+        None
+    };
     let names: Vec<Arc<str>> = args.host.iter().map(|h| Arc::from(normalize(h))).collect();
 
     let from_policy = match &from {
@@ -198,13 +220,21 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 to: (to_policy.as_ref(), to_ip),
                 port,
                 protocol: args.protocol,
-                request: request.as_ref().map(|r| r as _),
+                request: request.as_ref(),
                 names: &names,
             };
             answers.push(explain(cluster, &q));
         }
     }
 
+    let inspected = answers
+        .iter()
+        .flat_map(|a| [&a.egress, &a.ingress])
+        .any(|side| side.as_ref().is_some_and(|s| s.l7));
+    if let (Some(why), true) = (&refused, inspected) {
+        println!("{why}\nverdict: DENIED (400 Bad Request from the proxy, before any rule)");
+        return Ok(ExitCode::from(1));
+    }
     match args.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&answers)?),
         Output::Text => {
@@ -282,14 +312,17 @@ pub fn render(a: &Explanation, request: Option<&PlainRequest>) -> String {
     );
     if let Some(r) = request {
         let _ = write!(out, ", {} {}", r.method, r.path);
+        if let Some(q) = &r.query {
+            let _ = write!(out, "?{q}");
+        }
     }
     out.push_str("\n\n");
     match &a.egress {
-        Some(side) => render_side(&mut out, side),
+        Some(side) => render_side(&mut out, side, request.is_some()),
         None => out.push_str("egress: the source is not a pod; nothing judges its egress\n\n"),
     }
     match &a.ingress {
-        Some(side) => render_side(&mut out, side),
+        Some(side) => render_side(&mut out, side, request.is_some()),
         None => {
             out.push_str("ingress: the destination is not a pod; nothing judges its ingress\n\n")
         }
@@ -299,7 +332,7 @@ pub fn render(a: &Explanation, request: Option<&PlainRequest>) -> String {
     out
 }
 
-fn render_side(out: &mut String, side: &SideExplanation) {
+fn render_side(out: &mut String, side: &SideExplanation, judged_request: bool) {
     let _ = writeln!(
         out,
         "{} of {}: {}",
@@ -308,7 +341,7 @@ fn render_side(out: &mut String, side: &SideExplanation) {
         action_word(side.action)
     );
     let _ = writeln!(out, "  because: {}", side.reason);
-    if side.l7 {
+    if side.l7 && !judged_request {
         out.push_str("  only with L7 conditions: give --method/--path (or --host) to judge them\n");
     }
     for p in &side.policies {

@@ -87,7 +87,9 @@ fn bad_regex() {
     check(
         "bad-regex.yaml",
         &[
-            r#"13: PalisadePolicy shop/bad-path: spec.ingress[0].toPorts[0].rules.http[0].path: "/api/(v1" is not a regular expression: unclosed group"#,
+            r#"13: PalisadePolicy shop/bad-path: spec.ingress[0].toPorts[0].rules.http[0].path: "/api/(v1" is not a regular expression or path template: unclosed group"#,
+            r#"25: CiliumNetworkPolicy shop/huge-path: spec.ingress[0].toPorts[0].rules.http[0].path: "/(\\w{50}){50}" is not a regular expression or path template: compiles to more than 262144 bytes; simplify it"#,
+            r#"28: CiliumNetworkPolicy shop/huge-path: spec.ingress[0].toPorts[0].rules.http[1].headerMatches[0].mismatch: mismatch is not supported by palisade (a mismatch always denies); remove it"#,
         ],
     );
 }

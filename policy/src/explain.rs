@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::cluster::Cluster;
 use crate::compiled::{Flow, PodPolicy};
-use crate::http::Request;
+use crate::http::PlainRequest;
 use crate::policy::{Direction, Rule};
 use crate::ports::Protocol;
 use crate::verdict::{decide, decide_http, Action, Verdict};
@@ -109,7 +109,7 @@ pub struct Question<'a> {
     /// The protocol.
     pub protocol: Protocol,
     /// An HTTP request on the connection, if one is asked about.
-    pub request: Option<&'a dyn Request>,
+    pub request: Option<&'a PlainRequest>,
     /// The DNS names the source resolved to the destination.
     pub names: &'a [Arc<str>],
 }
@@ -160,7 +160,7 @@ fn side(
     cluster: &Cluster,
     policy: &PodPolicy,
     flow: &Flow<'_>,
-    request: Option<&dyn Request>,
+    request: Option<&PlainRequest>,
 ) -> SideExplanation {
     let connection = decide(policy, flow);
     let verdict: Verdict = match request {
@@ -198,7 +198,7 @@ fn side(
                         port_matched: port.is_some(),
                         http: matched_port
                             .and_then(|p| p.l7.http.as_ref())
-                            .map(|rules| rules.iter().map(|h| h.to_string()).collect())
+                            .map(|rules| rules.rules().iter().map(|h| h.to_string()).collect())
                             .unwrap_or_default(),
                         server_names: matched_port
                             .and_then(|p| p.l7.server_names.as_ref())
@@ -220,7 +220,7 @@ fn side(
         direction: flow.direction,
         action: verdict.action,
         reason: verdict.describe(policy, flow),
-        l7: verdict.inspect.any(),
+        l7: connection.inspect.any(),
         policies,
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::fqdn::NamePattern;
-use crate::http::HttpRule;
+use crate::http::HttpRules;
 use crate::peer::Peer;
 use crate::ports::PortSpec;
 use crate::selector::LabelSelector;
@@ -172,7 +172,7 @@ pub struct PortRule {
 pub struct L7 {
     /// HTTP requests allowed on the port; `None` allows any traffic.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub http: Option<Arc<[HttpRule]>>,
+    pub http: Option<Arc<HttpRules>>,
     /// DNS names that may be queried through the port (`rules.dns`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns: Option<Arc<[NamePattern]>>,

@@ -282,7 +282,7 @@ pub fn decide(policy: &PodPolicy, flow: &Flow<'_>) -> Verdict {
 
 /// Judges one HTTP request on a connection: allowed when a rule allows the connection
 /// without HTTP conditions, or one of the HTTP rules of a matching port allows the request.
-pub fn decide_http(policy: &PodPolicy, flow: &Flow<'_>, request: &dyn Request) -> Verdict {
+pub fn decide_http(policy: &PodPolicy, flow: &Flow<'_>, request: &impl Request) -> Verdict {
     if let Some(v) = before_rules(policy, flow) {
         return v;
     }
@@ -291,10 +291,7 @@ pub fn decide_http(policy: &PodPolicy, flow: &Flow<'_>, request: &dyn Request) -
     for m in side.matches(flow) {
         let http = match m.l7().and_then(|l7| l7.http.as_deref()) {
             None => Some(None),
-            Some(rules) => rules
-                .iter()
-                .position(|r| r.matches(request))
-                .map(|i| Some(i as u32)),
+            Some(rules) => rules.first_match(request).map(Some),
         };
         match http {
             Some(_) if side.is_staged(&m) => staged_allowed = true,

@@ -9,7 +9,7 @@ use super::kube::{self, Meta};
 use super::netpol;
 use crate::cluster::NAMESPACE_NAME_LABEL;
 use crate::fqdn::NamePattern;
-use crate::http::{Anchored, HeaderMatch, HttpRule};
+use crate::http::{Anchored, HeaderMatch, HttpRule, HttpRules, PathPattern};
 use crate::peer::{Entity, IpBlock, Namespaces, Peer};
 use crate::policy::{Direction, Origin, Policy, PolicyId, PolicyKind, PortRule, Rule, Source, L7};
 use crate::ports::{PortRef, PortSpec, Protocol};
@@ -407,10 +407,13 @@ fn l7(g: &Field<'_>) -> L7 {
             ));
         }
     }
-    let http = rules
-        .get("http")
-        .list()
-        .map(|items| items.iter().map(http_rule).collect::<Arc<[HttpRule]>>());
+    let http_field = rules.get("http");
+    let http = http_field.list().and_then(|items| {
+        HttpRules::new(items.iter().map(http_rule).collect())
+            .map(Arc::new)
+            .map_err(|e| http_field.error(e))
+            .ok()
+    });
     let dns = rules.get("dns").list().map(|items| {
         items
             .iter()
@@ -444,10 +447,6 @@ fn http_rule(h: &Field<'_>) -> HttpRule {
         &["method", "path", "host", "headers", "headerMatches"],
         "an HTTP rule",
     );
-    if h.get("headerMatches").is_set() {
-        h.get("headerMatches")
-            .error("headerMatches is not supported by palisade; use headers: [\"Name: value\"]");
-    }
     let regex = |key: &str| {
         let f = h.get(key);
         let s = f.str()?;
@@ -455,16 +454,44 @@ fn http_rule(h: &Field<'_>) -> HttpRule {
             .map_err(|e| f.error(format!("{s:?} is not a regular expression: {e}")))
             .ok()
     };
+    let path = h.get("path");
+    let mut headers: Vec<HeaderMatch> = h
+        .get("headers")
+        .strings()
+        .into_iter()
+        .filter_map(|(f, s)| HeaderMatch::parse(s).map_err(|e| f.error(e)).ok())
+        .collect();
+    for m in h.get("headerMatches").list().unwrap_or_default() {
+        m.only(&["name", "value", "mismatch", "secret"], "a headerMatches entry");
+        for key in ["mismatch", "secret"] {
+            if m.get(key).is_set() {
+                m.get(key).error(format!(
+                    "{key} is not supported by palisade (a mismatch always denies); remove it"
+                ));
+            }
+        }
+        let Some(name) = m.get("name").str() else {
+            m.get("name").error("a headerMatches entry needs a name");
+            continue;
+        };
+        match HeaderMatch::new(name, m.get("value").str()) {
+            Ok(hm) => headers.push(hm),
+            Err(e) => m.get("name").error(e),
+        }
+    }
     HttpRule {
         method: regex("method"),
-        path: regex("path"),
+        path: path.str().and_then(|s| {
+            PathPattern::new(s)
+                .map_err(|e| {
+                    path.error(format!(
+                        "{s:?} is not a regular expression or path template: {e}"
+                    ))
+                })
+                .ok()
+        }),
         host: regex("host"),
-        headers: h
-            .get("headers")
-            .strings()
-            .into_iter()
-            .filter_map(|(f, s)| HeaderMatch::parse(s).map_err(|e| f.error(e)).ok())
-            .collect(),
+        headers,
     }
 }
 
