@@ -1,0 +1,2 @@
+//! HTTP inspection (placeholder while the module is written).
+pub mod gate;
