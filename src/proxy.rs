@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
+use palisade_proxy::config::HttpLimits;
 use palisade_proxy::controller_address::ControllerAddress;
 use palisade_proxy::{Config, FailMode};
 
@@ -61,6 +62,25 @@ pub struct Args {
     /// How long a connection to a destination may take to open.
     #[arg(long, env = "PALISADE_CONNECT_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     connect_timeout: Duration,
+    /// How long HTTP detection waits for a connection's first bytes.
+    #[arg(long, env = "PALISADE_HTTP_DETECT_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    http_detect_timeout: Duration,
+    /// How long a client may take to send an HTTP/1 request head (and an idle keep-alive
+    /// connection may wait for its next request).
+    #[arg(long, env = "PALISADE_HTTP_HEADER_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    http_header_timeout: Duration,
+    /// How long an inspected connection may stay with no byte moving and no request waiting.
+    #[arg(long, env = "PALISADE_HTTP_IDLE_TIMEOUT", default_value = "300s", value_parser = humantime::parse_duration)]
+    http_idle_timeout: Duration,
+    /// The largest HTTP request head (or HTTP/2 header list), in bytes.
+    #[arg(long, env = "PALISADE_HTTP_MAX_HEAD_BYTES", default_value_t = 65536)]
+    http_max_head_bytes: usize,
+    /// The most header fields in an HTTP/1 request.
+    #[arg(long, env = "PALISADE_HTTP_MAX_HEADERS", default_value_t = 100)]
+    http_max_headers: usize,
+    /// Ports never inspected (the pod's `palisade.dev/opaque-ports`, comma-separated).
+    #[arg(long, env = "PALISADE_OPAQUE_PORTS", value_delimiter = ',')]
+    opaque_ports: Vec<u16>,
     /// Worker threads; 1 runs everything on one thread, the leanest for a sidecar.
     #[arg(long, env = "PALISADE_THREADS", default_value_t = 1)]
     threads: usize,
@@ -106,6 +126,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         log_allowed: args.log_allowed,
         udp_idle: args.udp_idle,
         connect_timeout: args.connect_timeout,
+        http: HttpLimits {
+            detect_timeout: args.http_detect_timeout,
+            header_timeout: args.http_header_timeout,
+            idle_timeout: args.http_idle_timeout,
+            max_head_bytes: args.http_max_head_bytes,
+            max_headers: args.http_max_headers,
+        },
+        opaque_ports: args.opaque_ports,
     };
     let runtime = crate::logging::runtime(args.threads)?;
     runtime

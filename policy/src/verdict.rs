@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::cluster::is_loopback;
 use crate::compiled::{Flow, Mode, PodPolicy, RuleMatch, Side};
 use crate::http::Request;
-use crate::policy::L7;
+use crate::policy::{PolicyId, L7};
 
 /// What happens to a flow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -305,4 +305,18 @@ pub fn decide_http(policy: &PodPolicy, flow: &Flow<'_>, request: &impl Request) 
         }
     }
     no_rule(policy, side, staged_allowed)
+}
+
+/// The enforced policies with HTTP rules on the flow's port that a request must satisfy
+/// (those a denied request failed), each once, in order.
+pub fn http_policies<'p>(policy: &'p PodPolicy, flow: &'p Flow<'p>) -> Vec<&'p PolicyId> {
+    let side = policy.side(flow.direction);
+    let mut ids: Vec<&PolicyId> = Vec::new();
+    for m in side.matches(flow) {
+        let id = &side.policies[m.rule.policy as usize].id;
+        if m.l7().is_some_and(|l7| l7.http.is_some()) && !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+    ids
 }

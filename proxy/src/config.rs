@@ -47,6 +47,39 @@ pub struct Config {
     pub udp_idle: Duration,
     /// How long a connect to a destination may take.
     pub connect_timeout: Duration,
+    /// HTTP inspection's limits and timeouts.
+    pub http: HttpLimits,
+    /// Ports never inspected (`palisade.dev/opaque-ports`): a connection to one that only
+    /// rules with HTTP conditions allow is refused.
+    pub opaque_ports: Vec<u16>,
+}
+
+/// What protects the proxy from slow or huge requests on inspected connections.
+#[derive(Debug, Clone)]
+pub struct HttpLimits {
+    /// How long detection waits for the first bytes of a connection.
+    pub detect_timeout: Duration,
+    /// How long a client may take to send a request head (HTTP/1; also how long an idle
+    /// keep-alive connection waits for its next request).
+    pub header_timeout: Duration,
+    /// How long a connection may stay without any byte moving and no request waiting.
+    pub idle_timeout: Duration,
+    /// The largest request head, in bytes (HTTP/1 head; HTTP/2 header list).
+    pub max_head_bytes: usize,
+    /// The most header fields in a request (HTTP/1).
+    pub max_headers: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            detect_timeout: Duration::from_secs(5),
+            header_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(300),
+            max_head_bytes: 64 * 1024,
+            max_headers: 100,
+        }
+    }
 }
 
 impl Config {

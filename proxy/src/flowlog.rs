@@ -43,6 +43,35 @@ pub struct Entry<'a> {
     /// Why the flow ended, when logged at its end (closed by a new policy).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub event: Option<&'static str>,
+    /// The HTTP request judged, on an inspected connection (one line per request).
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub request: Option<RequestEntry<'a>>,
+}
+
+/// The part of a flow log line that describes one HTTP request.
+#[derive(Debug, Serialize)]
+pub struct RequestEntry<'a> {
+    /// `HTTP/1.1` or `HTTP/2`.
+    pub http: &'static str,
+    /// The method.
+    pub method: &'a str,
+    /// The path as judged and forwarded (normalised; as sent when it was refused).
+    pub path: &'a str,
+    /// The host the request named, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<&'a str>,
+    /// The response's status: the app's, or the proxy's own 400/403/502.
+    pub status: u16,
+    /// `namespace/name` of the policy whose rule allowed it, or of those whose HTTP rules
+    /// did not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    /// The index of the rule that allowed it, in its policy.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<u32>,
+    /// The index of the HTTP rule that allowed it, in its port's `rules.http`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_rule: Option<u32>,
 }
 
 /// Where flow log lines go.

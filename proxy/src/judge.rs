@@ -13,7 +13,7 @@ use palisade_policy::ports::Protocol;
 use palisade_policy::verdict::{decide, Action, Verdict};
 
 use crate::config::{Config, FailMode};
-use crate::flowlog::{self, Entry, FlowLog};
+use crate::flowlog::{self, Entry, FlowLog, RequestEntry};
 use crate::metrics;
 use crate::state::{Current, PolicyState, Snapshot};
 use tokio::sync::watch;
@@ -72,9 +72,31 @@ pub struct Judgement {
     pub verdict: Option<Verdict>,
     /// The policy judged against.
     pub snapshot: Option<Arc<Snapshot>>,
-    /// Refused because only rules with HTTP or TLS conditions allow it, and this proxy
-    /// does not inspect content yet: it never lets through more than the policy allows.
-    pub uninspected: bool,
+    /// What inspecting the connection's content takes, or why it cannot be inspected.
+    pub l7: L7Need,
+}
+
+/// Whether a connection's content must be inspected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum L7Need {
+    /// A rule allows it outright (or it is denied): its bytes are relayed unread.
+    None,
+    /// Only rules with HTTP conditions allow it: each request is judged.
+    Http,
+    /// Only rules with conditions this connection cannot be inspected for allow it, so it
+    /// is refused: the proxy never lets through more than the policy allows.
+    Refused(Uninspectable),
+}
+
+/// Why a connection that only rules with L7 conditions allow cannot be inspected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Uninspectable {
+    /// TLS server names (`serverNames`), which this proxy does not check yet.
+    TlsServerNames,
+    /// The port is in `palisade.dev/opaque-ports`.
+    OpaquePort,
+    /// The flow is relayed unread: UDP, or a connection opened before HTTP rules applied.
+    Unread,
 }
 
 /// Judges flows for every listener.
@@ -156,7 +178,7 @@ impl Judge {
     pub async fn judge(&self, flow: &FlowInfo) -> Judgement {
         let snapshot = self.state.wait(self.config.hold).await;
         let j = match &snapshot {
-            Some(s) => self.judge_with(s, flow),
+            Some(s) => self.judge_with(s, flow, true),
             None => self.without_policy(flow),
         };
         metrics::counter_flow(flow, j.action);
@@ -166,23 +188,39 @@ impl Judge {
         j
     }
 
-    /// Judges a flow against a given policy (for re-judging open flows).
-    pub fn judge_with(&self, snapshot: &Arc<Snapshot>, flow: &FlowInfo) -> Judgement {
+    /// Judges a flow against a given policy. `inspectable`: whether its content can still
+    /// be inspected (a new flow can; an open flow relayed unread cannot).
+    pub fn judge_with(
+        &self,
+        snapshot: &Arc<Snapshot>,
+        flow: &FlowInfo,
+        inspectable: bool,
+    ) -> Judgement {
         let start = Instant::now();
         let verdict = decide(&snapshot.policy, &flow.as_flow());
         ::metrics::histogram!(metrics::DECISION_SECONDS).record(start.elapsed().as_secs_f64());
-        let uninspected =
-            verdict.action == Action::Allow && (verdict.inspect.http || verdict.inspect.tls);
-        let action = match (uninspected, snapshot.policy.mode) {
-            (false, _) => verdict.action,
-            (true, Mode::Enforce) => Action::Deny,
-            (true, Mode::Audit) => Action::WouldDeny,
+        let l7 = match verdict.inspect {
+            _ if verdict.action != Action::Allow => L7Need::None,
+            i if i.tls => L7Need::Refused(Uninspectable::TlsServerNames),
+            i if i.http && self.config.opaque_ports.contains(&flow.dst.port()) => {
+                L7Need::Refused(Uninspectable::OpaquePort)
+            }
+            i if i.http && !(inspectable && flow.protocol == Protocol::Tcp) => {
+                L7Need::Refused(Uninspectable::Unread)
+            }
+            i if i.http => L7Need::Http,
+            _ => L7Need::None,
+        };
+        let action = match (l7, snapshot.policy.mode) {
+            (L7Need::Refused(_), Mode::Enforce) => Action::Deny,
+            (L7Need::Refused(_), Mode::Audit) => Action::WouldDeny,
+            _ => verdict.action,
         };
         Judgement {
             action,
             verdict: Some(verdict),
             snapshot: Some(snapshot.clone()),
-            uninspected,
+            l7,
         }
     }
 
@@ -203,7 +241,7 @@ impl Judge {
             action,
             verdict: None,
             snapshot: None,
-            uninspected: false,
+            l7: L7Need::None,
         }
     }
 
@@ -215,10 +253,12 @@ impl Judge {
     }
 
     /// Resolves when a new policy denies the open `flow` (it is re-judged on each one), and
-    /// counts and logs that; never resolves if no policy does.
+    /// counts and logs that; never resolves if no policy does. `inspected`: whether the
+    /// flow's requests are being judged one by one (otherwise its bytes are relayed unread).
     pub async fn until_denied(
         &self,
         flow: &FlowInfo,
+        inspected: bool,
         policies: &mut watch::Receiver<Current>,
     ) -> Judgement {
         loop {
@@ -229,7 +269,7 @@ impl Judge {
             let Some(snapshot) = policies.borrow_and_update().clone() else {
                 continue;
             };
-            let j = self.judge_with(&snapshot, flow);
+            let j = self.judge_with(&snapshot, flow, inspected);
             if j.action == Action::Deny {
                 ::metrics::counter!(metrics::CLOSED_BY_POLICY, "direction" => flow.label())
                     .increment(1);
@@ -242,12 +282,24 @@ impl Judge {
     /// Writes the flow log line for a verdict; `event` says why when it is not a new flow.
     pub fn log(&self, flow: &FlowInfo, j: &Judgement, event: Option<&'static str>) {
         let (reason, detail) = match (&j.verdict, &j.snapshot) {
-            (Some(v), Some(s)) if j.uninspected => (
+            (Some(v), Some(s)) if matches!(j.l7, L7Need::Refused(_)) => (
                 "l7-not-inspected".to_owned(),
                 format!(
-                    "{}, which asks for HTTP rules or TLS server names; this proxy does not \
-                     inspect content yet, so it refuses rather than allow more",
-                    v.describe(&s.policy, &flow.as_flow())
+                    "{}, {}; the proxy refuses rather than allow more",
+                    v.describe(&s.policy, &flow.as_flow()),
+                    match j.l7 {
+                        L7Need::Refused(Uninspectable::OpaquePort) => format!(
+                            "with HTTP rules, but port {} is opaque (palisade.dev/opaque-ports) \
+                             and never inspected",
+                            flow.dst.port()
+                        ),
+                        L7Need::Refused(Uninspectable::Unread) => "with HTTP rules, which a \
+                            flow relayed unread (UDP, or opened before they applied) cannot be \
+                            held to"
+                            .to_owned(),
+                        _ => "which asks for TLS server names; this proxy does not check them yet"
+                            .to_owned(),
+                    }
                 ),
             ),
             (Some(v), Some(s)) => (v.reason.to_string(), v.describe(&s.policy, &flow.as_flow())),
@@ -264,7 +316,7 @@ impl Judge {
             ),
         };
         let version = j.snapshot.as_ref().map(|s| s.version);
-        self.write(flow, j.action, reason, detail, version, event);
+        self.write_log(flow, j.action, reason, detail, version, event, None);
     }
 
     /// Refuses a flow from outside the pod aimed at one of the proxy's own ports, which the
@@ -275,17 +327,20 @@ impl Judge {
             "port {} is the proxy's own; connections to it from outside the pod are refused",
             flow.dst.port()
         );
-        self.write(
+        self.write_log(
             flow,
             Action::Deny,
             "proxy-port".to_owned(),
             detail,
             None,
             None,
+            None,
         );
     }
 
-    fn write(
+    /// Writes a flow log line.
+    #[allow(clippy::too_many_arguments)]
+    pub fn write_log(
         &self,
         flow: &FlowInfo,
         action: Action,
@@ -293,6 +348,7 @@ impl Judge {
         detail: String,
         policy_version: Option<u64>,
         event: Option<&'static str>,
+        request: Option<RequestEntry<'_>>,
     ) {
         self.log.write(&Entry {
             time: flowlog::now(),
@@ -307,6 +363,12 @@ impl Judge {
             detail,
             policy_version,
             event,
+            request,
         });
+    }
+
+    /// Whether allowed flows (and requests) are logged too.
+    pub fn logs_allowed(&self) -> bool {
+        self.log.logs_allowed()
     }
 }

@@ -25,6 +25,10 @@ pub const LISTENER_ERRORS: &str = "palisade_listener_errors_total";
 pub const INBOUND_TRANSPARENT: &str = "palisade_inbound_transparent";
 /// Inbound connections made from the pod's address rather than the client's, by reason.
 pub const INBOUND_SOURCE_FALLBACKS: &str = "palisade_inbound_source_fallbacks_total";
+/// HTTP requests judged on inspected connections, by direction, action and status.
+pub const HTTP_REQUESTS: &str = "palisade_http_requests_total";
+/// Connections inspected as HTTP, by direction and what they turned out to speak.
+pub const INSPECTED: &str = "palisade_inspected_connections_total";
 /// Flow log lines dropped because the writer could not keep up.
 pub const FLOW_LOG_DROPPED: &str = "palisade_flow_log_dropped_total";
 
@@ -77,6 +81,14 @@ fn describe() {
     describe_counter!(
         INBOUND_SOURCE_FALLBACKS,
         "Inbound connections made from the pod's address rather than the client's, by reason"
+    );
+    describe_counter!(
+        HTTP_REQUESTS,
+        "HTTP requests judged on inspected connections, by direction, action and status"
+    );
+    describe_counter!(
+        INSPECTED,
+        "Connections inspected as HTTP, by direction and detected protocol (http1, http2, tls, other, silent)"
     );
     describe_counter!(
         FLOW_LOG_DROPPED,

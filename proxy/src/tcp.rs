@@ -12,7 +12,8 @@ use palisade_policy::verdict::Action;
 use socket2::{Domain, Socket, Type};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
-use crate::judge::{FlowInfo, Judge};
+use crate::http;
+use crate::judge::{FlowInfo, Judge, L7Need};
 use crate::metrics;
 use crate::splice::{self, reset_on_close};
 
@@ -65,6 +66,11 @@ pub async fn forward(judge: &Judge, flow: FlowInfo, client: TcpStream) {
     if j.action == Action::Deny {
         reset_on_close(&client);
         return;
+    }
+    if j.l7 == L7Need::Http {
+        // Only rules with HTTP conditions allow it: each request is judged. Every other
+        // connection is relayed unread, at no cost beyond this comparison.
+        return http::serve(judge, flow, client).await;
     }
     match open_upstream(judge, &flow).await {
         Ok(upstream) => relay(judge, &flow, j.action, client, upstream).await,
@@ -240,7 +246,7 @@ pub async fn relay(
         let relay = splice::relay(&mut client, &mut upstream);
         tokio::select! {
             moved = relay => Some(moved),
-            _ = judge.until_denied(flow, &mut policies) => None,
+            _ = judge.until_denied(flow, false, &mut policies) => None,
         }
     };
     match moved {

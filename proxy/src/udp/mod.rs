@@ -202,7 +202,7 @@ async fn outbound(
                 n
             }
             _ = tokio::time::sleep(idle) => break,
-            _ = judge.until_denied(&flow, &mut policies) => break,
+            _ = judge.until_denied(&flow, false, &mut policies) => break,
         };
         bytes += n as u64;
     }
@@ -244,7 +244,7 @@ async fn inbound(
                 None => break,
             },
             _ = tokio::time::sleep(idle) => break,
-            _ = judge.until_denied(&flow, &mut policies) => break,
+            _ = judge.until_denied(&flow, false, &mut policies) => break,
         };
         bytes += n as u64;
     }
