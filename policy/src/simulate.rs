@@ -27,6 +27,10 @@ pub struct SideVerdict {
     /// The verdict's action (`would-deny` in audit mode); not part of the JSON.
     #[serde(skip)]
     pub action: Option<Action>,
+    /// Only rules with HTTP conditions let the connection through: its proxy judges each
+    /// request (`check --method --path` judges one).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub http: bool,
 }
 
 /// A flow from one pod to a port of another, judged by both sides.
@@ -55,6 +59,11 @@ pub struct SimFlow {
 }
 
 impl SimFlow {
+    /// Whether a proxy on either side judges the connection's HTTP requests.
+    pub fn http(&self) -> bool {
+        self.egress.http || self.ingress.http
+    }
+
     /// Whether either side let the flow through only because of audit mode.
     pub fn would_deny(&self) -> bool {
         self.action() == Action::WouldDeny
@@ -103,6 +112,7 @@ pub fn side_verdict(policy: &PodPolicy, flow: &Flow<'_>) -> SideVerdict {
         isolated: side.isolated(),
         policies,
         action: Some(verdict.action),
+        http: verdict.action.passes() && verdict.inspect.http,
     }
 }
 

@@ -1,5 +1,6 @@
 //! The agent in each lab pod: it serves every TCP and UDP port the pod declares, answering
-//! with the pod's name (and, on TCP, echoing what follows, so a connection can be held
+//! with the pod's name (on TCP, HTTP/1.1 and HTTP/2 with prior knowledge get an HTTP
+//! answer, anything else the name and an echo of what follows, so a connection can be held
 //! open) and recording who called (as an app's access log would), and probes other pods
 //! from inside its pod. Its sockets are opened inside the pod's namespace and served from
 //! the lab's own runtime.
@@ -10,7 +11,13 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use palisade_policy::ports::Protocol;
+use palisade_proxy::detect::{detect, Detected};
 use socket2::{Domain, Socket, Type};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
@@ -104,23 +111,17 @@ pub fn serve(
                 let socket = socket_in(ns, family, Type::STREAM, Some(addr))?;
                 socket.listen(1024)?;
                 let listener = TcpListener::from_std(socket.into())?;
-                let reply = format!("{name}\n");
                 let (pod, peers) = (name.to_owned(), peers.clone());
+                let name: Arc<str> = Arc::from(name);
                 tokio::spawn(async move {
-                    while let Ok((mut stream, peer)) = listener.accept().await {
+                    while let Ok((stream, peer)) = listener.accept().await {
                         peers.record(Accepted {
                             pod: pod.clone(),
                             port,
                             protocol,
                             peer,
                         });
-                        let reply = reply.clone();
-                        tokio::spawn(async move {
-                            if stream.write_all(reply.as_bytes()).await.is_ok() {
-                                let (mut r, mut w) = stream.split();
-                                let _ = tokio::io::copy(&mut r, &mut w).await;
-                            }
-                        });
+                        tokio::spawn(answer(stream, name.clone()));
                     }
                 });
             }
@@ -160,11 +161,14 @@ pub async fn probe(ns: &Netns, dst: SocketAddr, protocol: Protocol, expect: &str
     }
 }
 
-/// Connects from inside `ns` to `dst` and reads the server's name line; the connection
-/// stays open (the server echoes what is sent next).
+/// Connects from inside `ns` to `dst`, says hello and reads the server's name line; the
+/// connection stays open (the server echoes what is sent next).
 pub async fn open(ns: &Netns, dst: SocketAddr) -> io::Result<(BufReader<TcpStream>, String)> {
     open_within(ns, dst, TCP_TIMEOUT).await
 }
+
+/// The line a raw probe starts with: not HTTP, so the agent answers with its name.
+const HELLO: &str = "hello\n";
 
 /// [`open`], giving up after `timeout`.
 pub async fn open_within(
@@ -172,19 +176,168 @@ pub async fn open_within(
     dst: SocketAddr,
     timeout: Duration,
 ) -> io::Result<(BufReader<TcpStream>, String)> {
-    let socket = socket_in(ns, dst.ip(), Type::STREAM, None)?;
-    let socket = TcpSocket::from_std_stream(socket.into());
     let exchange = async {
-        let mut stream = BufReader::new(socket.connect(dst).await?);
+        let mut stream = BufReader::new(connect(ns, dst).await?);
+        stream.get_mut().write_all(HELLO.as_bytes()).await?;
         let mut name = String::new();
         if stream.read_line(&mut name).await? == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        // The agent echoes the hello after its name; it is not the caller's to read.
+        let mut echo = String::new();
+        stream.read_line(&mut echo).await?;
+        if echo != HELLO {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "no echo"));
         }
         Ok((stream, name.trim_end().to_owned()))
     };
     tokio::time::timeout(timeout, exchange)
         .await
         .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
+}
+
+/// A TCP connection from inside `ns` to `dst`.
+pub async fn connect(ns: &Netns, dst: SocketAddr) -> io::Result<TcpStream> {
+    let socket = socket_in(ns, dst.ip(), Type::STREAM, None)?;
+    TcpSocket::from_std_stream(socket.into()).connect(dst).await
+}
+
+/// Whether an HTTP/1.1 `GET /` from inside `ns` reaches `dst`: answered by the pod named
+/// `expect`, or refused by a proxy's HTTP rules (403), which means the connection itself
+/// was allowed and inspected.
+pub async fn probe_http(ns: &Netns, dst: SocketAddr, expect: &str) -> bool {
+    let exchange = async {
+        let stream = connect(ns, dst).await?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(io::Error::other)?;
+        tokio::spawn(conn);
+        let req = http::Request::get("/")
+            .header(http::header::HOST, dst.to_string())
+            .body(Empty::<Bytes>::new())
+            .map_err(io::Error::other)?;
+        let response = sender.send_request(req).await.map_err(io::Error::other)?;
+        let status = response.status();
+        let body = response.into_body().collect().await.map_err(io::Error::other)?;
+        let text = String::from_utf8_lossy(&body.to_bytes()).into_owned();
+        io::Result::Ok(
+            (status == http::StatusCode::OK && text.trim_end() == expect)
+                || (status == http::StatusCode::FORBIDDEN && text.starts_with("palisade:")),
+        )
+    };
+    matches!(tokio::time::timeout(TCP_TIMEOUT, exchange).await, Ok(Ok(true)))
+}
+
+/// How long the agent waits for a client's first bytes.
+const FIRST_BYTES: Duration = Duration::from_secs(10);
+
+/// Answers one TCP connection: HTTP/1.1 and HTTP/2 with prior knowledge get an HTTP
+/// answer ([`http_answer`]); anything else gets the pod's name, then an echo of all it sends.
+async fn answer(stream: TcpStream, name: Arc<str>) {
+    let Ok((detected, stream)) = detect(stream, FIRST_BYTES).await else {
+        return;
+    };
+    let service = {
+        let name = name.clone();
+        service_fn(move |req| http_answer(req, name.clone()))
+    };
+    match detected {
+        Detected::Http1 => {
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades()
+                .await;
+        }
+        Detected::Http2 => {
+            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        }
+        _ => {
+            let (prefix, mut stream) = stream.into_parts();
+            let reply = format!("{name}\n");
+            if stream.write_all(reply.as_bytes()).await.is_ok()
+                && stream.write_all(&prefix).await.is_ok()
+            {
+                let (mut r, mut w) = stream.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            }
+        }
+    }
+}
+
+type AnswerBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
+
+/// The agent's HTTP answer, for any method and path: `200` with the pod's name. It reads
+/// the request's body first (counting it, never keeping it: `x-received-bytes`) and reports
+/// the request's trailers (`x-request-trailers`). A gRPC request gets a gRPC answer: the
+/// name as one message, then trailers with `grpc-status: 0`. An upgrade request gets
+/// `101` and an echo of the upgraded stream.
+async fn http_answer(
+    mut req: http::Request<Incoming>,
+    name: Arc<str>,
+) -> Result<http::Response<AnswerBody>, hyper::Error> {
+    if req.headers().contains_key(http::header::UPGRADE) {
+        let upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(upgraded) = upgrade.await {
+                let (mut r, mut w) = tokio::io::split(TokioIo::new(upgraded));
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            }
+        });
+        let protocol = req.headers()[http::header::UPGRADE].clone();
+        let mut r = http::Response::new(Empty::new().map_err(|e| match e {}).boxed());
+        *r.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+        r.headers_mut().insert(http::header::UPGRADE, protocol);
+        r.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("upgrade"));
+        return Ok(r);
+    }
+    let grpc = req
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    let mut body = req.into_body();
+    let mut received = 0u64;
+    let mut trailers = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame?;
+        if let Some(data) = frame.data_ref() {
+            received += data.len() as u64;
+        } else if let Some(t) = frame.trailers_ref() {
+            for (k, v) in t {
+                trailers.push(format!("{k}={}", String::from_utf8_lossy(v.as_bytes())));
+            }
+        }
+    }
+    let mut response = if grpc {
+        let mut message = vec![0u8];
+        message.extend_from_slice(&(name.len() as u32).to_be_bytes());
+        message.extend_from_slice(name.as_bytes());
+        let mut end = http::HeaderMap::new();
+        end.insert("grpc-status", http::HeaderValue::from_static("0"));
+        let frames = futures_util::stream::iter([
+            Ok::<_, hyper::Error>(Frame::data(Bytes::from(message))),
+            Ok(Frame::trailers(end)),
+        ]);
+        let mut r = http::Response::new(StreamBody::new(frames).boxed());
+        r.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/grpc"),
+        );
+        r
+    } else {
+        http::Response::new(
+            Full::new(Bytes::from(format!("{name}\n")))
+                .map_err(|e| match e {})
+                .boxed(),
+        )
+    };
+    let h = response.headers_mut();
+    h.insert("x-received-bytes", received.into());
+    if let Ok(v) = http::HeaderValue::from_str(&trailers.join(",")) {
+        h.insert("x-request-trailers", v);
+    }
+    Ok(response)
 }
 
 async fn probe_udp(ns: &Netns, dst: SocketAddr) -> io::Result<String> {

@@ -420,7 +420,12 @@ impl Lab {
         let mut flows = simulate_with_self(&self.cluster).flows;
         for f in &mut flows {
             for (pod, side) in [(&f.from, &mut f.egress), (&f.to, &mut f.ingress)] {
-                if !self.injected.contains(pod) && !side.allowed {
+                if self.injected.contains(pod) {
+                    continue;
+                }
+                // No proxy there: nothing inspects requests or denies.
+                side.http = false;
+                if !side.allowed {
                     side.allowed = true;
                     side.policies.clear();
                     side.action = Some(palisade_policy::verdict::Action::Allow);
@@ -453,7 +458,12 @@ impl Lab {
                     };
                 }
                 let _permit = permits.acquire().await;
-                let observed = agent::probe(from, dst, flow.protocol, &flow.to).await;
+                // A port with HTTP rules is probed with a real request.
+                let observed = if flow.http() && flow.protocol == Protocol::Tcp {
+                    agent::probe_http(from, dst, &flow.to).await
+                } else {
+                    agent::probe(from, dst, flow.protocol, &flow.to).await
+                };
                 Observed {
                     expected: flow,
                     observed: Some(observed),
