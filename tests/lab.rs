@@ -20,6 +20,7 @@ fn options(paths: &[&str]) -> LabOptions {
         respect_injection: false,
         binary: PathBuf::from(BINARY),
         hold: Duration::from_secs(2),
+        log_allowed: false,
     }
 }
 
@@ -1075,7 +1076,7 @@ fn a_controller_that_sends_garbage_changes_nothing() {
 }
 
 #[test]
-fn a_port_allowed_only_under_http_rules_is_refused_until_content_is_inspected() {
+fn a_port_allowed_only_under_l7_rules_refuses_what_it_cannot_judge() {
     let lab = lab(&["tests/lab/pair"]);
     lab.write_manifest(
         "zz-http.yaml",
@@ -1084,21 +1085,36 @@ fn a_port_allowed_only_under_http_rules_is_refused_until_content_is_inspected() 
          toPorts: [{ports: [{port: \"80\", protocol: TCP}], rules: {http: [{method: GET, path: \"/.*\"}]}}]\n",
     )
     .unwrap();
-    // c is allowed to b only by HTTP rules, which the proxy does not inspect yet: refused,
-    // never let through whole. (c was denied before the change too, for another reason.)
+    let b = SocketAddr::new(ip_of(&lab, "x/b", false), 80);
+    let ns = lab.netns("x/c").unwrap();
+    // c is allowed to b only by HTTP rules: a real request passes, bytes that are not HTTP
+    // are refused and logged (c was denied before the change, for another reason).
+    let inspected = eventually(Duration::from_secs(3), || {
+        lab.runtime().block_on(agent::probe_http(ns, b, "x/b"))
+    });
+    assert!(inspected.is_some(), "{:?}", lab.flow_log("x/b"));
+    assert!(!lab.probe("x/c", "x/b", 80, Protocol::Tcp).unwrap());
+    let line = logged(&lab, "x/b", |l| l["reason"] == "not-http");
+    assert_eq!(line["action"], "deny");
+    assert!(line["detail"].as_str().unwrap().contains("neither HTTP/1 nor HTTP/2"), "{line}");
+    // a is allowed by an L4 rule on the same port: that allows the connection outright.
+    assert!(lab.probe("x/a", "x/b", 80, Protocol::Tcp).unwrap());
+
+    // TLS server names are not checked yet: a connection only they allow is refused.
+    lab.write_manifest(
+        "zz-http.yaml",
+        "apiVersion: palisade.dev/v1alpha1\nkind: PalisadePolicy\nmetadata: {name: b-http-from-c, namespace: x}\n\
+         spec:\n  endpointSelector: {matchLabels: {app: b}}\n  ingress:\n  - fromEndpoints: [{matchLabels: {app: c}}]\n    \
+         toPorts: [{ports: [{port: \"80\", protocol: TCP}], serverNames: [b.example]}]\n",
+    )
+    .unwrap();
     let refused = eventually(Duration::from_secs(3), || {
         assert!(!lab.probe("x/c", "x/b", 80, Protocol::Tcp).unwrap());
         lab.flow_log("x/b")
             .iter()
             .any(|l| l["reason"] == "l7-not-inspected")
     });
-    assert!(
-        refused.is_some(),
-        "the refusal is logged with its reason: {:?}",
-        lab.flow_log("x/b")
-    );
-    assert!(!lab.probe("x/c", "x/b", 80, Protocol::Tcp).unwrap());
-    // a is allowed by an L4 rule on the same port: that allows the connection outright.
+    assert!(refused.is_some(), "{:?}", lab.flow_log("x/b"));
     assert!(lab.probe("x/a", "x/b", 80, Protocol::Tcp).unwrap());
 }
 

@@ -30,6 +30,9 @@ pub struct Args {
     /// How long proxies hold new flows before their first policy.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     hold: Duration,
+    /// Proxies log allowed flows and HTTP requests too, not only denied ones.
+    #[arg(long)]
+    log_allowed: bool,
 }
 
 /// Prints the comparison; returns how many flows differ.
@@ -86,6 +89,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         respect_injection: args.respect_injection,
         binary: std::env::current_exe().context("cannot find the palisade binary")?,
         hold: args.hold,
+        log_allowed: args.log_allowed,
     };
     eprintln!("palisade lab: building");
     let lab = Lab::start(options)?;

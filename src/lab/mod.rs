@@ -53,6 +53,8 @@ pub struct LabOptions {
     pub binary: PathBuf,
     /// How long proxies hold new flows before their first policy.
     pub hold: Duration,
+    /// Proxies log allowed flows and requests too.
+    pub log_allowed: bool,
 }
 
 impl LabOptions {
@@ -63,6 +65,7 @@ impl LabOptions {
             fail_open: false,
             max_files: None,
             net_raw: true,
+            log_allowed: self.log_allowed,
         }
     }
 }
@@ -501,6 +504,11 @@ impl Lab {
         let ns = self.network.netns_of(p);
         self.processes.init(ns, p, &self.network.node_ips)?;
         Ok(())
+    }
+
+    /// The process id of a pod's proxy, if it runs.
+    pub fn proxy_pid(&self, pod: &str) -> Option<u32> {
+        self.processes.proxy_pid(pod)
     }
 
     /// Stops a pod's proxy: the pod's traffic must then be refused, never passed.

@@ -41,6 +41,8 @@ pub struct ProxyOptions {
     /// Give it CAP_NET_RAW, as the chart does: UDP, and connecting to the app from the
     /// client's own address, need it.
     pub net_raw: bool,
+    /// Log allowed flows and requests too (`--log-allowed`).
+    pub log_allowed: bool,
 }
 
 /// The running parts, and where their logs go.
@@ -191,6 +193,13 @@ impl Processes {
                 if options.fail_open { "open" } else { "closed" },
             ])
             .args(["--dns-upstreams", &node_ip.to_string()])
+            .args(options.log_allowed.then_some("--log-allowed"))
+            // As the injector would, from the pod's annotation.
+            .envs(
+                pod.annotations
+                    .get("palisade.dev/opaque-ports")
+                    .map(|ports| ("PALISADE_OPAQUE_PORTS", ports)),
+            )
             .stdin(Stdio::null())
             .stdout(File::create(self.flow_log(&key))?)
             .stderr(
@@ -202,6 +211,11 @@ impl Processes {
             .spawn()?;
         self.proxies.insert(key, child);
         Ok(())
+    }
+
+    /// The process id of a pod's proxy, if it runs.
+    pub fn proxy_pid(&self, pod: &str) -> Option<u32> {
+        self.proxies.get(pod).map(Child::id)
     }
 
     /// Stops a pod's proxy: its pod's traffic is then refused, never passed.
