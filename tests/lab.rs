@@ -1096,7 +1096,13 @@ fn a_port_allowed_only_under_l7_rules_refuses_what_it_cannot_judge() {
     assert!(!lab.probe("x/c", "x/b", 80, Protocol::Tcp).unwrap());
     let line = logged(&lab, "x/b", |l| l["reason"] == "not-http");
     assert_eq!(line["action"], "deny");
-    assert!(line["detail"].as_str().unwrap().contains("neither HTTP/1 nor HTTP/2"), "{line}");
+    assert!(
+        line["detail"]
+            .as_str()
+            .unwrap()
+            .contains("neither HTTP/1 nor HTTP/2"),
+        "{line}"
+    );
     // a is allowed by an L4 rule on the same port: that allows the connection outright.
     assert!(lab.probe("x/a", "x/b", 80, Protocol::Tcp).unwrap());
 

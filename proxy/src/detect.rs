@@ -216,10 +216,17 @@ mod tests {
         assert_eq!(classify(b""), None);
         assert_eq!(classify(b"GE"), None);
         assert_eq!(classify(b"GET / HTTP/1.1\r\n"), Some(Detected::Http1));
-        assert_eq!(classify(b"get /"), Some(Detected::Http1), "hyper refuses it later");
+        assert_eq!(
+            classify(b"get /"),
+            Some(Detected::Http1),
+            "hyper refuses it later"
+        );
         assert_eq!(classify(b"PRI * HTTP/2.0\r\n"), None);
         assert_eq!(classify(H2_PREFACE), Some(Detected::Http2));
-        assert_eq!(classify(b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n"), Some(Detected::Http1));
+        assert_eq!(
+            classify(b"PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n"),
+            Some(Detected::Http1)
+        );
         assert_eq!(classify(b"POST /x"), Some(Detected::Http1));
         assert_eq!(classify(b"SSH-2.0-OpenSSH\r\n"), Some(Detected::Other));
         assert_eq!(classify(b"\x00\x01"), Some(Detected::Other));
@@ -227,7 +234,10 @@ mod tests {
         assert_eq!(classify(&[b'A'; 30]), Some(Detected::Other));
         assert_eq!(classify(b"\x16\x03\x01\x00\x05\x01\x00\x00"), None);
         assert_eq!(classify(b"\x16\x01"), Some(Detected::Other));
-        assert_eq!(classify(b"\x16\x03\x01\x00\x05\x02abcd"), Some(Detected::Other));
+        assert_eq!(
+            classify(b"\x16\x03\x01\x00\x05\x02abcd"),
+            Some(Detected::Other)
+        );
         let hello = b"\x16\x03\x01\x00\x04\x01abc";
         match classify(hello) {
             Some(Detected::Tls(h)) => assert_eq!(h.handshake(), b"\x01abc"),

@@ -218,14 +218,21 @@ pub async fn probe_http(ns: &Netns, dst: SocketAddr, expect: &str) -> bool {
             .map_err(io::Error::other)?;
         let response = sender.send_request(req).await.map_err(io::Error::other)?;
         let status = response.status();
-        let body = response.into_body().collect().await.map_err(io::Error::other)?;
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(io::Error::other)?;
         let text = String::from_utf8_lossy(&body.to_bytes()).into_owned();
         io::Result::Ok(
             (status == http::StatusCode::OK && text.trim_end() == expect)
                 || (status == http::StatusCode::FORBIDDEN && text.starts_with("palisade:")),
         )
     };
-    matches!(tokio::time::timeout(TCP_TIMEOUT, exchange).await, Ok(Ok(true)))
+    matches!(
+        tokio::time::timeout(TCP_TIMEOUT, exchange).await,
+        Ok(Ok(true))
+    )
 }
 
 /// How long the agent waits for a client's first bytes.
@@ -289,7 +296,10 @@ async fn http_answer(
         let mut r = http::Response::new(Empty::new().map_err(|e| match e {}).boxed());
         *r.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
         r.headers_mut().insert(http::header::UPGRADE, protocol);
-        r.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("upgrade"));
+        r.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("upgrade"),
+        );
         return Ok(r);
     }
     let grpc = req

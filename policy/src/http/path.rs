@@ -70,7 +70,10 @@ fn is_normal(path: &[u8]) -> Result<bool, PathError> {
                 if byte == b'/' || byte == b'\\' {
                     return Err(PathError::EncodedSeparator);
                 }
-                if unreserved(byte) || path[i + 1].is_ascii_lowercase() || path[i + 2].is_ascii_lowercase() {
+                if unreserved(byte)
+                    || path[i + 1].is_ascii_lowercase()
+                    || path[i + 2].is_ascii_lowercase()
+                {
                     normal = false;
                 }
                 i += 3;
@@ -80,7 +83,10 @@ fn is_normal(path: &[u8]) -> Result<bool, PathError> {
             b if b < 0x21 || b == 0x7f => return Err(PathError::Control),
             b'/' if path.get(i + 1) == Some(&b'/') => normal = false,
             b'.' if (i == 0 || path[i - 1] == b'/')
-                && matches!(path.get(i + 1..), Some([] | [b'/', ..] | [b'.'] | [b'.', b'/', ..])) =>
+                && matches!(
+                    path.get(i + 1..),
+                    Some([] | [b'/', ..] | [b'.'] | [b'.', b'/', ..])
+                ) =>
             {
                 normal = false
             }
@@ -164,7 +170,16 @@ mod tests {
 
     #[test]
     fn normal_paths_are_borrowed() {
-        for p in ["/", "/api/v1/orders", "/a/b/", "/a%20b", "/%C3%A9", "/.well-known/x", "/a..b", "*"] {
+        for p in [
+            "/",
+            "/api/v1/orders",
+            "/a/b/",
+            "/a%20b",
+            "/%C3%A9",
+            "/.well-known/x",
+            "/a..b",
+            "*",
+        ] {
             assert!(matches!(normalize(p), Ok(Cow::Borrowed(_))), "{p}");
         }
     }

@@ -361,7 +361,12 @@ mod tests {
             rule(Some("PATCH"), Some("/orders/{id}")),
         ])
         .unwrap();
-        assert_eq!(rules.layers.len(), 3, "{:?}", rules.layers.iter().map(|l| &l.routes).collect::<Vec<_>>());
+        assert_eq!(
+            rules.layers.len(),
+            3,
+            "{:?}",
+            rules.layers.iter().map(|l| &l.routes).collect::<Vec<_>>()
+        );
         assert_eq!(first(&rules, "DELETE", "/orders/latest"), Some(0));
         assert_eq!(first(&rules, "GET", "/orders/latest"), Some(1));
         assert_eq!(first(&rules, "PUT", "/orders/7"), Some(2));
@@ -403,7 +408,11 @@ mod tests {
         q.headers.push(("x-trace".into(), "1".into()));
         assert_eq!(rules.first_match(&q), Some(0));
         q.headers.push(("x-team".into(), "other".into()));
-        assert_eq!(rules.first_match(&q), None, "a second, different value denies");
+        assert_eq!(
+            rules.first_match(&q),
+            None,
+            "a second, different value denies"
+        );
         q.headers.retain(|(n, _)| n != "x-team");
         q.headers.push(("x-team".into(), "Payments".into()));
         assert_eq!(rules.first_match(&q), None, "values are exact");
@@ -427,12 +436,18 @@ mod tests {
 
     #[test]
     fn bad_patterns_say_why() {
-        assert!(PathPattern::new("/a/(").unwrap_err().contains("unclosed group"));
+        assert!(PathPattern::new("/a/(")
+            .unwrap_err()
+            .contains("unclosed group"));
         let long = format!("/{}", "a".repeat(MAX_PATTERN_LEN));
-        assert!(PathPattern::new(&long).unwrap_err().contains("limit is 1024"));
+        assert!(PathPattern::new(&long)
+            .unwrap_err()
+            .contains("limit is 1024"));
         let huge = "/(\\w{50}){50}";
         assert!(
-            PathPattern::new(huge).unwrap_err().contains("compiles to more than"),
+            PathPattern::new(huge)
+                .unwrap_err()
+                .contains("compiles to more than"),
             "{:?}",
             PathPattern::new(huge)
         );

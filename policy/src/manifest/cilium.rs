@@ -462,7 +462,10 @@ fn http_rule(h: &Field<'_>) -> HttpRule {
         .filter_map(|(f, s)| HeaderMatch::parse(s).map_err(|e| f.error(e)).ok())
         .collect();
     for m in h.get("headerMatches").list().unwrap_or_default() {
-        m.only(&["name", "value", "mismatch", "secret"], "a headerMatches entry");
+        m.only(
+            &["name", "value", "mismatch", "secret"],
+            "a headerMatches entry",
+        );
         for key in ["mismatch", "secret"] {
             if m.get(key).is_set() {
                 m.get(key).error(format!(

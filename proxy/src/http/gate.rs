@@ -44,14 +44,10 @@ impl fmt::Display for Violation {
             Violation::HeadTooLarge => f.write_str("the request head is too large"),
             Violation::TooManyHeaders => f.write_str("the request has too many header fields"),
             Violation::Malformed(what) => write!(f, "malformed request head: {what}"),
-            Violation::LengthAndChunked => {
-                f.write_str("both Content-Length and Transfer-Encoding")
-            }
+            Violation::LengthAndChunked => f.write_str("both Content-Length and Transfer-Encoding"),
             Violation::SeveralLengths => f.write_str("several Content-Length values"),
             Violation::BadLength => f.write_str("a Content-Length that is not a number"),
-            Violation::BadTransferEncoding => {
-                f.write_str("a Transfer-Encoding other than chunked")
-            }
+            Violation::BadTransferEncoding => f.write_str("a Transfer-Encoding other than chunked"),
             Violation::BadChunk => f.write_str("an invalid chunk"),
         }
     }
@@ -195,7 +191,9 @@ impl Gate {
             (State::ChunkSize(v, _), b';') => State::ChunkExt(v),
             (State::ChunkSize(v, _) | State::ChunkExt(v), b'\r') => State::ChunkSizeLf(v),
             (State::ChunkSize(..) | State::ChunkExt(_), b'\n') => return Err(Violation::BareLf),
-            (State::ChunkExt(v), b) if b == b'\t' || (b' '..0x7f).contains(&b) => State::ChunkExt(v),
+            (State::ChunkExt(v), b) if b == b'\t' || (b' '..0x7f).contains(&b) => {
+                State::ChunkExt(v)
+            }
             (State::ChunkSizeLf(0), b'\n') => {
                 self.trailer_bytes = 0;
                 State::TrailerStart
@@ -282,7 +280,12 @@ impl Gate {
                 length = text.parse().ok();
             } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
                 let value = std::str::from_utf8(h.value).unwrap_or_default();
-                if chunked || http10 || !value.trim_matches([' ', '\t']).eq_ignore_ascii_case("chunked") {
+                if chunked
+                    || http10
+                    || !value
+                        .trim_matches([' ', '\t'])
+                        .eq_ignore_ascii_case("chunked")
+                {
                     return Err(Violation::BadTransferEncoding);
                 }
                 chunked = true;
@@ -332,7 +335,12 @@ mod tests {
             b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n\x00\x01\nanything",
         ];
         for r in reqs {
-            assert_eq!(every_split(r).as_deref(), Ok(*r), "{}", String::from_utf8_lossy(r));
+            assert_eq!(
+                every_split(r).as_deref(),
+                Ok(*r),
+                "{}",
+                String::from_utf8_lossy(r)
+            );
         }
     }
 
@@ -395,6 +403,9 @@ mod tests {
         gate.push(b"POST /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /admin HTTP/1.1\r\n")
             .unwrap();
         assert!(gate.at_head());
-        assert!(!String::from_utf8_lossy(gate.ready()).contains("admin"), "held until complete");
+        assert!(
+            !String::from_utf8_lossy(gate.ready()).contains("admin"),
+            "held until complete"
+        );
     }
 }

@@ -170,7 +170,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for Gated<S> {
             let at_head = this.gate.at_head();
             if let Err(v) = this.gate.push(scratch.filled()) {
                 // Bytes before the refusal were checked and are still handed over.
-                this.refused = Some(if at_head || this.gate.at_head() { REFUSED } else { b"" });
+                this.refused = Some(if at_head || this.gate.at_head() {
+                    REFUSED
+                } else {
+                    b""
+                });
                 if let Ok(mut slot) = this.violation.lock() {
                     slot.get_or_insert(v);
                 }

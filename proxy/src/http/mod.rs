@@ -20,7 +20,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use palisade_policy::verdict::Action;
 use tokio::net::TcpStream;
 
-use crate::detect::{detect, Detected, DetectError};
+use crate::detect::{detect, DetectError, Detected};
 use crate::judge::{FlowInfo, Judge};
 use crate::metrics;
 use crate::splice::reset_on_close;
@@ -88,10 +88,13 @@ pub async fn serve(judge: &Judge, flow: FlowInfo, client: TcpStream) {
             return;
         }
     };
-    count_inspected(&flow, match version {
-        Version::Http1 => "http1",
-        Version::Http2 => "http2",
-    });
+    count_inspected(
+        &flow,
+        match version {
+            Version::Http1 => "http1",
+            Version::Http2 => "http2",
+        },
+    );
     let upstream = match Upstream::connect(judge, &flow, version).await {
         Ok(u) => u,
         Err(e) => {

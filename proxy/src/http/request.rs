@@ -84,15 +84,20 @@ fn host_of<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> Result<Option<Cow<'a, st
         Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !h.ends_with(':') => h,
         _ => name,
     };
-    Ok(Some(if without_port.bytes().any(|b| b.is_ascii_uppercase()) {
-        Cow::Owned(without_port.to_ascii_lowercase())
-    } else {
-        Cow::Borrowed(without_port)
-    }))
+    Ok(Some(
+        if without_port.bytes().any(|b| b.is_ascii_uppercase()) {
+            Cow::Owned(without_port.to_ascii_lowercase())
+        } else {
+            Cow::Borrowed(without_port)
+        },
+    ))
 }
 
 /// Handles one request; never fails (every failure is a response).
-pub async fn handle(conn: Arc<Connection>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+pub async fn handle(
+    conn: Arc<Connection>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
     conn.waiting.fetch_add(1, Ordering::Relaxed);
     let response = judge_and_forward(&conn, req).await;
     conn.waiting.fetch_sub(1, Ordering::Relaxed);
@@ -104,8 +109,23 @@ async fn judge_and_forward(conn: &Connection, mut req: Request<Incoming>) -> Res
     let raw_path = req.uri().path().to_owned();
     let refuse = |why: String, path: &str, host: Option<&str>| {
         let version = conn.judge.state().current().map_or(0, |s| s.version);
-        conn.finish_with(Action::Deny, "bad-request", format!("refused with 400: {why}"), &method, path, host, 400, (None, None, None), version);
-        text(StatusCode::BAD_REQUEST, format!("palisade: bad request: {why}\n"), true, false)
+        conn.finish_with(
+            Action::Deny,
+            "bad-request",
+            format!("refused with 400: {why}"),
+            &method,
+            path,
+            host,
+            400,
+            (None, None, None),
+            version,
+        );
+        text(
+            StatusCode::BAD_REQUEST,
+            format!("palisade: bad request: {why}\n"),
+            true,
+            false,
+        )
     };
     let host = match host_of(req.uri(), req.headers()) {
         Ok(h) => h.map(Cow::into_owned),
@@ -133,8 +153,14 @@ async fn judge_and_forward(conn: &Connection, mut req: Request<Incoming>) -> Res
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
     let (policy, rule, http_rule) = match verdict.reason {
-        Reason::Rule { policy, rule, http, .. } => (
-            Some(snapshot.policy.side(flow.direction).policies[policy as usize].id.to_string()),
+        Reason::Rule {
+            policy, rule, http, ..
+        } => (
+            Some(
+                snapshot.policy.side(flow.direction).policies[policy as usize]
+                    .id
+                    .to_string(),
+            ),
             Some(rule),
             http,
         ),
@@ -155,7 +181,17 @@ async fn judge_and_forward(conn: &Connection, mut req: Request<Incoming>) -> Res
             flow.direction,
             snapshot.policy.pod,
         );
-        conn.finish_with(verdict.action, &reason, detail, &method, &path, host.as_deref(), 403, (policy, rule, http_rule), snapshot.version);
+        conn.finish_with(
+            verdict.action,
+            &reason,
+            detail,
+            &method,
+            &path,
+            host.as_deref(),
+            403,
+            (policy, rule, http_rule),
+            snapshot.version,
+        );
         return text(StatusCode::FORBIDDEN, body, false, grpc);
     }
     // What is judged is what the app gets: the normalised path, in origin form for HTTP/1.
@@ -180,16 +216,42 @@ async fn judge_and_forward(conn: &Connection, mut req: Request<Incoming>) -> Res
         Err(e) => {
             let refused_body = conn.violation.lock().is_ok_and(|v| v.is_some());
             let (status, why) = if refused_body {
-                (StatusCode::BAD_REQUEST, "the request's body was refused".to_owned())
+                (
+                    StatusCode::BAD_REQUEST,
+                    "the request's body was refused".to_owned(),
+                )
             } else {
-                (StatusCode::BAD_GATEWAY, format!("the app did not answer: {e}"))
+                (
+                    StatusCode::BAD_GATEWAY,
+                    format!("the app did not answer: {e}"),
+                )
             };
-            conn.finish_with(verdict.action, &reason, format!("{detail}; {why}"), &method, &path, host.as_deref(), status.as_u16(), (policy, rule, http_rule), snapshot.version);
+            conn.finish_with(
+                verdict.action,
+                &reason,
+                format!("{detail}; {why}"),
+                &method,
+                &path,
+                host.as_deref(),
+                status.as_u16(),
+                (policy, rule, http_rule),
+                snapshot.version,
+            );
             return text(status, format!("palisade: {why}\n"), true, grpc);
         }
     };
     let status = response.status().as_u16();
-    conn.finish_with(verdict.action, &reason, detail, &method, &path, host.as_deref(), status, (policy, rule, http_rule), snapshot.version);
+    conn.finish_with(
+        verdict.action,
+        &reason,
+        detail,
+        &method,
+        &path,
+        host.as_deref(),
+        status,
+        (policy, rule, http_rule),
+        snapshot.version,
+    );
     if let (Some(client), StatusCode::SWITCHING_PROTOCOLS) = (upgrade, response.status()) {
         let app = hyper::upgrade::on(&mut response);
         tokio::spawn(async move {
@@ -209,13 +271,24 @@ async fn judge_and_forward(conn: &Connection, mut req: Request<Incoming>) -> Res
 /// The proxy's own answer: a short text, or for gRPC the status in the headers
 /// (`PERMISSION_DENIED` for 403) with no body.
 fn text(status: StatusCode, body: String, close: bool, grpc: bool) -> Response<Body> {
-    let content = if grpc { Bytes::new() } else { Bytes::from(body.clone()) };
+    let content = if grpc {
+        Bytes::new()
+    } else {
+        Bytes::from(body.clone())
+    };
     let mut r = Response::new(Either::Right(Full::new(content)));
     *r.status_mut() = status;
     let h = r.headers_mut();
     if grpc {
-        let code = if status == StatusCode::FORBIDDEN { "7" } else { "13" };
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        let code = if status == StatusCode::FORBIDDEN {
+            "7"
+        } else {
+            "13"
+        };
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
         h.insert("grpc-status", HeaderValue::from_static(code));
         let message: String = body
             .trim_end()
@@ -229,7 +302,10 @@ fn text(status: StatusCode, body: String, close: bool, grpc: bool) -> Response<B
             h.insert("grpc-message", v);
         }
     } else {
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
     }
     if close {
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
