@@ -11,6 +11,9 @@ use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+mod common;
+
+use common::{eventually, logged, metric};
 use palisade::lab::{agent, Lab, LabOptions};
 use palisade_policy::ports::Protocol;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -32,32 +35,6 @@ fn lab() -> Lab {
 fn addr(lab: &Lab, pod: &str, port: u16) -> SocketAddr {
     let (ns, name) = pod.split_once('/').unwrap();
     SocketAddr::new(lab.cluster().pod(ns, name).unwrap().ips[0], port)
-}
-
-/// A metric's value from a proxy's /metrics, summed over label sets containing `labels`.
-fn metric(lab: &Lab, pod: &str, name: &str, labels: &[&str]) -> f64 {
-    let (status, body) = lab.admin(pod, "/metrics").expect("admin server");
-    assert_eq!(status, 200);
-    body.lines()
-        .filter(|l| l.starts_with(name) && labels.iter().all(|lab| l.contains(lab)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-/// The first flow log line of `pod` that `matches`, waiting for the log's writer thread.
-fn logged(lab: &Lab, pod: &str, matches: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
-    let start = Instant::now();
-    loop {
-        if let Some(l) = lab.flow_log(pod).into_iter().find(&matches) {
-            return l;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(3),
-            "no such line in {pod}'s flow log: {:#?}",
-            lab.flow_log(pod)
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// Sends `bytes` on a new connection from `from` and reads until the other end closes;
@@ -224,19 +201,16 @@ fn the_seed_rules_judge_each_request_on_one_keep_alive_connection() {
 
     // Audit mode: the would-be denied request passes, logged as would-deny.
     lab.write_manifest("zz-audit.yaml", "apiVersion: v1\nkind: Namespace\nmetadata: {name: production, annotations: {palisade.dev/mode: audit}}\n").unwrap();
-    let start = Instant::now();
-    let text = loop {
-        let text = raw(
+    let mut text = String::new();
+    eventually(Duration::from_secs(5), || {
+        text = raw(
             &lab,
             "production/frontend",
             api,
             b"DELETE /api/v1/orders HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n",
         );
-        if statuses(&text) == [200] || start.elapsed() > Duration::from_secs(5) {
-            break text;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+        statuses(&text) == [200]
+    });
     assert_eq!(statuses(&text), [200], "{text}");
     let line = logged(&lab, API, |l| {
         l["method"] == "DELETE" && l["action"] == "would-deny"

@@ -1,0 +1,43 @@
+//! Helpers the end-to-end tests share: reading a proxy's metrics and flow log, and
+//! waiting for a condition with a bound.
+
+use std::time::{Duration, Instant};
+
+use palisade::lab::Lab;
+
+/// A metric's value from a proxy's /metrics, summed over label sets containing `labels`.
+pub fn metric(lab: &Lab, pod: &str, name: &str, labels: &[&str]) -> f64 {
+    let (status, body) = lab.admin(pod, "/metrics").expect("admin server");
+    assert_eq!(status, 200);
+    body.lines()
+        .filter(|l| l.starts_with(name) && labels.iter().all(|lab| l.contains(lab)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The first line of a pod's flow log that `matches`, waiting a little for the proxy's
+/// flow log thread, which writes after the verdict.
+pub fn logged(
+    lab: &Lab,
+    pod: &str,
+    matches: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let mut found = None;
+    eventually(Duration::from_secs(3), || {
+        found = lab.flow_log(pod).into_iter().find(&matches);
+        found.is_some()
+    });
+    found.unwrap_or_else(|| panic!("no such line in {pod}'s flow log: {:?}", lab.flow_log(pod)))
+}
+
+/// Polls `check` every 20 ms until it holds or `within` passes; the time it took.
+pub fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < within {
+        if check() {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
