@@ -523,3 +523,32 @@ fn evasions_are_refused_next_to_their_positive_controls() {
     let text = exchange(&format!("GET /admin?/api/v1/x HTTP/1.1\r\n{close}"));
     assert_eq!(statuses(&text), [403], "{text}");
 }
+
+#[test]
+fn an_opaque_port_is_never_inspected_so_http_rules_cannot_allow_it() {
+    let lab = Lab::start(LabOptions {
+        paths: vec![PathBuf::from("tests/lab/opaque")],
+        respect_injection: false,
+        binary: PathBuf::from(BINARY),
+        hold: Duration::from_secs(2),
+        log_allowed: false,
+    })
+    .expect("building the lab (needs root)");
+    let ns = lab.netns("o/client").unwrap();
+    let server = |port| addr(&lab, "o/server", port);
+    assert!(lab
+        .runtime()
+        .block_on(agent::probe_http(ns, server(8080), "o/server")));
+    assert!(!lab
+        .runtime()
+        .block_on(agent::probe_http(ns, server(8443), "o/server")));
+    let line = logged(&lab, "o/server", |l| l["dst"] == "10.62.0.1:8443");
+    assert_eq!(line["reason"], "l7-not-inspected");
+    assert!(
+        line["detail"]
+            .as_str()
+            .unwrap()
+            .contains("port 8443 is opaque"),
+        "{line}"
+    );
+}
