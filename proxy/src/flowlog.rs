@@ -65,7 +65,7 @@ pub struct RequestEntry<'a> {
     /// `namespace/name` of the policy whose rule allowed it, or of those whose HTTP rules
     /// did not.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub policy: Option<String>,
+    pub policy: Option<&'a str>,
     /// The index of the rule that allowed it, in its policy.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rule: Option<u32>,

@@ -104,47 +104,64 @@ pub async fn handle(
     Ok(response)
 }
 
+/// What a request's line in the flow log says besides the request itself.
+struct Outcome {
+    action: Action,
+    reason: String,
+    detail: String,
+    /// The policy whose rule allowed it, or those whose HTTP rules did not.
+    policy: Option<String>,
+    rule: Option<u32>,
+    http_rule: Option<u32>,
+    policy_version: u64,
+}
+
+/// The request as the flow log shows it.
+struct Seen {
+    method: String,
+    path: String,
+    host: Option<String>,
+}
+
 async fn judge_and_forward(conn: &Connection, mut req: Request<Incoming>) -> Response<Body> {
-    let method = req.method().as_str().to_owned();
-    let raw_path = req.uri().path().to_owned();
-    let refuse = |why: String, path: &str, host: Option<&str>| {
-        let version = conn.judge.state().current().map_or(0, |s| s.version);
-        conn.finish_with(
-            Action::Deny,
-            "bad-request",
-            format!("refused with 400: {why}"),
-            &method,
-            path,
-            host,
-            400,
-            (None, None, None),
-            version,
-        );
-        text(
-            StatusCode::BAD_REQUEST,
-            format!("palisade: bad request: {why}\n"),
-            true,
-            false,
-        )
+    let mut seen = Seen {
+        method: req.method().as_str().to_owned(),
+        path: req.uri().path().to_owned(),
+        host: None,
     };
-    let host = match host_of(req.uri(), req.headers()) {
-        Ok(h) => h.map(Cow::into_owned),
-        Err(why) => return refuse(why.to_owned(), &raw_path, None),
+    let refuse = |why: String, seen: &Seen| {
+        let outcome = Outcome {
+            action: Action::Deny,
+            reason: "bad-request".to_owned(),
+            detail: format!("refused with 400: {why}"),
+            policy: None,
+            rule: None,
+            http_rule: None,
+            policy_version: conn.judge.state().current().map_or(0, |s| s.version),
+        };
+        conn.finish(seen, &outcome, 400);
+        let body = format!("palisade: bad request: {why}\n");
+        text(StatusCode::BAD_REQUEST, body, true, false)
     };
-    let path = match normalize(&raw_path) {
-        Ok(p) => p.into_owned(),
-        Err(e) => return refuse(e.to_string(), &raw_path, host.as_deref()),
-    };
+    match host_of(req.uri(), req.headers()) {
+        Ok(h) => seen.host = h.map(Cow::into_owned),
+        Err(why) => return refuse(why.to_owned(), &seen),
+    }
+    match normalize(&seen.path) {
+        Ok(Cow::Borrowed(_)) => {}
+        Ok(Cow::Owned(p)) => seen.path = p,
+        Err(e) => return refuse(e.to_string(), &seen),
+    }
     let Some(snapshot) = conn.judge.state().current() else {
         // A connection is inspected only once a policy judged it; there is always one.
-        return refuse("no policy".into(), &path, host.as_deref());
+        return refuse("no policy".into(), &seen);
     };
     let flow = conn.flow.as_flow();
     let view = View {
-        method: &method,
-        path: &path,
+        method: &seen.method,
+        path: &seen.path,
         query: req.uri().query(),
-        host: host.as_deref(),
+        host: seen.host.as_deref(),
         headers: req.headers(),
     };
     let verdict = decide_http(&snapshot.policy, &flow, &view);
@@ -152,15 +169,12 @@ async fn judge_and_forward(conn: &Connection, mut req: Request<Incoming>) -> Res
         .headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    let side = snapshot.policy.side(flow.direction);
     let (policy, rule, http_rule) = match verdict.reason {
         Reason::Rule {
             policy, rule, http, ..
         } => (
-            Some(
-                snapshot.policy.side(flow.direction).policies[policy as usize]
-                    .id
-                    .to_string(),
-            ),
+            Some(side.policies[policy as usize].id.to_string()),
             Some(rule),
             http,
         ),
@@ -172,32 +186,31 @@ async fn judge_and_forward(conn: &Connection, mut req: Request<Incoming>) -> Res
             ((!ids.is_empty()).then(|| ids.join(", ")), None, None)
         }
     };
-    let detail = verdict.describe(&snapshot.policy, &flow);
-    let reason = verdict.reason.to_string();
+    let mut outcome = Outcome {
+        action: verdict.action,
+        reason: verdict.reason.to_string(),
+        detail: verdict.describe(&snapshot.policy, &flow),
+        policy,
+        rule,
+        http_rule,
+        policy_version: snapshot.version,
+    };
     if verdict.action == Action::Deny {
         let body = format!(
-            "palisade: {method} {path} is not allowed by {} ({} of {})\n",
-            policy.as_deref().unwrap_or("any policy"),
+            "palisade: {} {} is not allowed by {} ({} of {})\n",
+            seen.method,
+            seen.path,
+            outcome.policy.as_deref().unwrap_or("any policy"),
             flow.direction,
             snapshot.policy.pod,
         );
-        conn.finish_with(
-            verdict.action,
-            &reason,
-            detail,
-            &method,
-            &path,
-            host.as_deref(),
-            403,
-            (policy, rule, http_rule),
-            snapshot.version,
-        );
+        conn.finish(&seen, &outcome, 403);
         return text(StatusCode::FORBIDDEN, body, false, grpc);
     }
     // What is judged is what the app gets: the normalised path, in origin form for HTTP/1.
     let target = match req.uri().query() {
-        Some(q) => format!("{path}?{q}"),
-        None => path.clone(),
+        Some(q) => format!("{}?{q}", seen.path),
+        None => seen.path.clone(),
     };
     let mut parts = req.uri().clone().into_parts();
     parts.path_and_query = PathAndQuery::try_from(target).ok();
@@ -210,48 +223,24 @@ async fn judge_and_forward(conn: &Connection, mut req: Request<Incoming>) -> Res
     }
     let upgrade = (conn.version == Version::Http1 && req.headers().contains_key(header::UPGRADE))
         .then(|| hyper::upgrade::on(&mut req));
-    let result = conn.upstream.send(req).await;
-    let mut response = match result {
+    let mut response = match conn.upstream.send(req).await {
         Ok(r) => r,
         Err(e) => {
-            let refused_body = conn.violation.lock().is_ok_and(|v| v.is_some());
-            let (status, why) = if refused_body {
-                (
-                    StatusCode::BAD_REQUEST,
-                    "the request's body was refused".to_owned(),
-                )
+            let (status, why) = if conn.violation.lock().is_ok_and(|v| v.is_some()) {
+                let why = "the request's body was refused".to_owned();
+                (StatusCode::BAD_REQUEST, why)
             } else {
                 (
                     StatusCode::BAD_GATEWAY,
                     format!("the app did not answer: {e}"),
                 )
             };
-            conn.finish_with(
-                verdict.action,
-                &reason,
-                format!("{detail}; {why}"),
-                &method,
-                &path,
-                host.as_deref(),
-                status.as_u16(),
-                (policy, rule, http_rule),
-                snapshot.version,
-            );
+            outcome.detail = format!("{}; {why}", outcome.detail);
+            conn.finish(&seen, &outcome, status.as_u16());
             return text(status, format!("palisade: {why}\n"), true, grpc);
         }
     };
-    let status = response.status().as_u16();
-    conn.finish_with(
-        verdict.action,
-        &reason,
-        detail,
-        &method,
-        &path,
-        host.as_deref(),
-        status,
-        (policy, rule, http_rule),
-        snapshot.version,
-    );
+    conn.finish(&seen, &outcome, response.status().as_u16());
     if let (Some(client), StatusCode::SWITCHING_PROTOCOLS) = (upgrade, response.status()) {
         let app = hyper::upgrade::on(&mut response);
         tokio::spawn(async move {
@@ -315,39 +304,27 @@ fn text(status: StatusCode, body: String, close: bool, grpc: bool) -> Response<B
 
 impl Connection {
     /// Logs (denied and would-deny always, allowed on request) and counts a request.
-    #[allow(clippy::too_many_arguments)]
-    fn finish_with(
-        &self,
-        action: Action,
-        reason: &str,
-        detail: String,
-        method: &str,
-        path: &str,
-        host: Option<&str>,
-        status: u16,
-        (policy, rule, http_rule): (Option<String>, Option<u32>, Option<u32>),
-        policy_version: u64,
-    ) {
-        count(&self.flow, action, status);
-        if action == Action::Allow && !self.judge.logs_allowed() {
+    fn finish(&self, seen: &Seen, outcome: &Outcome, status: u16) {
+        count(&self.flow, outcome.action, status);
+        if outcome.action == Action::Allow && !self.judge.logs_allowed() {
             return;
         }
         self.judge.write_log(
             &self.flow,
-            action,
-            reason.to_owned(),
-            detail,
-            Some(policy_version),
+            outcome.action,
+            outcome.reason.clone(),
+            outcome.detail.clone(),
+            Some(outcome.policy_version),
             None,
             Some(RequestEntry {
                 http: self.version.as_str(),
-                method,
-                path,
-                host,
+                method: &seen.method,
+                path: &seen.path,
+                host: seen.host.as_deref(),
                 status,
-                policy,
-                rule,
-                http_rule,
+                policy: outcome.policy.as_deref(),
+                rule: outcome.rule,
+                http_rule: outcome.http_rule,
             }),
         );
     }
