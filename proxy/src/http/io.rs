@@ -2,6 +2,7 @@
 //! timeout) and, for HTTP/1, read through the strict [`Gate`].
 
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -107,6 +108,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
 /// goes), so hyper answers `400 Bad Request` and closes the connection.
 const REFUSED: &[u8] = b"\0 / HTTP/1.1\r\n\r\n";
 
+/// How much one read of the client's stream takes at most.
+const READ_SIZE: usize = 8 * 1024;
+
 /// A client stream read through the [`Gate`]: hyper sees only checked bytes. When the gate
 /// refuses a head, hyper is handed [`REFUSED`] (so it answers 400), then the end of the
 /// stream; when it refuses a body, the end of the stream (the request fails, and the proxy
@@ -118,7 +122,6 @@ pub struct Gated<S> {
     taken: usize,
     refused: Option<&'static [u8]>,
     violation: Arc<Mutex<Option<Violation>>>,
-    scratch: Box<[u8]>,
 }
 
 impl<S> Gated<S> {
@@ -130,7 +133,6 @@ impl<S> Gated<S> {
             taken: 0,
             refused: None,
             violation,
-            scratch: vec![0; 16 * 1024].into_boxed_slice(),
         }
     }
 }
@@ -160,7 +162,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for Gated<S> {
                 *rest = &rest[n..];
                 return Poll::Ready(Ok(()));
             }
-            let mut scratch = ReadBuf::new(&mut this.scratch);
+            // Read on the stack: an idle connection holds no read buffer of its own.
+            let mut bytes = [MaybeUninit::<u8>::uninit(); READ_SIZE];
+            let mut scratch = ReadBuf::uninit(&mut bytes);
             match Pin::new(&mut this.inner).poll_read(cx, &mut scratch) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),

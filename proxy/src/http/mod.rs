@@ -128,6 +128,9 @@ pub async fn serve(judge: &Judge, flow: FlowInfo, client: TcpStream) {
                     .timer(TokioTimer::new())
                     .header_read_timeout(limits.header_timeout)
                     .max_headers(limits.max_headers)
+                    // Bounds what one connection buffers (hyper's default is ~400 KiB); the
+                    // gate already bounds heads to max_head_bytes.
+                    .max_buf_size(limits.max_head_bytes + 16 * 1024)
                     .serve_connection(TokioIo::new(gated), service)
                     .with_upgrades()
                     .await

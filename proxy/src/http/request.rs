@@ -12,14 +12,16 @@ use http::uri::{PathAndQuery, Uri};
 use http::{Request, Response, StatusCode};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
+use palisade_policy::compiled::Flow;
 use palisade_policy::http::path::normalize;
 use palisade_policy::http::Request as Judged;
-use palisade_policy::verdict::{decide_http, http_policies, Action, Reason};
+use palisade_policy::verdict::{decide_http, http_policies, Action, Reason, Verdict};
 
 use super::{Connection, Version};
 use crate::flowlog::RequestEntry;
 use crate::judge::FlowInfo;
 use crate::metrics;
+use crate::state::Snapshot;
 
 /// A response body: the app's, streamed, or the proxy's own short text.
 pub type Body = Either<Incoming, Full<Bytes>>;
@@ -104,16 +106,55 @@ pub async fn handle(
     Ok(response)
 }
 
-/// What a request's line in the flow log says besides the request itself.
-struct Outcome {
-    action: Action,
-    reason: String,
-    detail: String,
-    /// The policy whose rule allowed it, or those whose HTTP rules did not.
-    policy: Option<String>,
-    rule: Option<u32>,
-    http_rule: Option<u32>,
-    policy_version: u64,
+/// How a request was decided, kept as it is until a flow log line needs it in words (an
+/// allowed request is only counted, unless allowed requests are logged).
+enum Outcome {
+    /// Refused with 400 before any rule.
+    Refused(String),
+    /// Judged by the policy.
+    Judged {
+        verdict: Verdict,
+        snapshot: Arc<Snapshot>,
+        /// What happened after the verdict, when it is worth saying (the app did not answer).
+        after: Option<String>,
+    },
+}
+
+impl Outcome {
+    fn action(&self) -> Action {
+        match self {
+            Outcome::Refused(_) => Action::Deny,
+            Outcome::Judged { verdict, .. } => verdict.action,
+        }
+    }
+}
+
+/// The policy whose rule allowed a request, or the policies whose HTTP rules it failed;
+/// the rule and HTTP rule that allowed it.
+fn deciders(
+    verdict: &Verdict,
+    snapshot: &Snapshot,
+    flow: &Flow<'_>,
+) -> (Option<String>, Option<u32>, Option<u32>) {
+    match verdict.reason {
+        Reason::Rule {
+            policy, rule, http, ..
+        } => {
+            let side = snapshot.policy.side(flow.direction);
+            (
+                Some(side.policies[policy as usize].id.to_string()),
+                Some(rule),
+                http,
+            )
+        }
+        _ => {
+            let ids: Vec<String> = http_policies(&snapshot.policy, flow)
+                .iter()
+                .map(|id| id.to_string())
+                .collect();
+            ((!ids.is_empty()).then(|| ids.join(", ")), None, None)
+        }
+    }
 }
 
 /// The request as the flow log shows it.
@@ -130,17 +171,8 @@ async fn judge_and_forward(conn: &Connection, mut req: Request<Incoming>) -> Res
         host: None,
     };
     let refuse = |why: String, seen: &Seen| {
-        let outcome = Outcome {
-            action: Action::Deny,
-            reason: "bad-request".to_owned(),
-            detail: format!("refused with 400: {why}"),
-            policy: None,
-            rule: None,
-            http_rule: None,
-            policy_version: conn.judge.state().current().map_or(0, |s| s.version),
-        };
-        conn.finish(seen, &outcome, 400);
         let body = format!("palisade: bad request: {why}\n");
+        conn.finish(seen, &Outcome::Refused(why), 400);
         text(StatusCode::BAD_REQUEST, body, true, false)
     };
     match host_of(req.uri(), req.headers()) {
@@ -169,41 +201,21 @@ async fn judge_and_forward(conn: &Connection, mut req: Request<Incoming>) -> Res
         .headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-    let side = snapshot.policy.side(flow.direction);
-    let (policy, rule, http_rule) = match verdict.reason {
-        Reason::Rule {
-            policy, rule, http, ..
-        } => (
-            Some(side.policies[policy as usize].id.to_string()),
-            Some(rule),
-            http,
-        ),
-        _ => {
-            let ids: Vec<String> = http_policies(&snapshot.policy, &flow)
-                .iter()
-                .map(|id| id.to_string())
-                .collect();
-            ((!ids.is_empty()).then(|| ids.join(", ")), None, None)
-        }
-    };
-    let mut outcome = Outcome {
-        action: verdict.action,
-        reason: verdict.reason.to_string(),
-        detail: verdict.describe(&snapshot.policy, &flow),
-        policy,
-        rule,
-        http_rule,
-        policy_version: snapshot.version,
-    };
     if verdict.action == Action::Deny {
+        let (policies, _, _) = deciders(&verdict, &snapshot, &flow);
         let body = format!(
             "palisade: {} {} is not allowed by {} ({} of {})\n",
             seen.method,
             seen.path,
-            outcome.policy.as_deref().unwrap_or("any policy"),
+            policies.as_deref().unwrap_or("any policy"),
             flow.direction,
             snapshot.policy.pod,
         );
+        let outcome = Outcome::Judged {
+            verdict,
+            snapshot,
+            after: None,
+        };
         conn.finish(&seen, &outcome, 403);
         return text(StatusCode::FORBIDDEN, body, false, grpc);
     }
@@ -235,10 +247,20 @@ async fn judge_and_forward(conn: &Connection, mut req: Request<Incoming>) -> Res
                     format!("the app did not answer: {e}"),
                 )
             };
-            outcome.detail = format!("{}; {why}", outcome.detail);
+            let body = format!("palisade: {why}\n");
+            let outcome = Outcome::Judged {
+                verdict,
+                snapshot,
+                after: Some(why),
+            };
             conn.finish(&seen, &outcome, status.as_u16());
-            return text(status, format!("palisade: {why}\n"), true, grpc);
+            return text(status, body, true, grpc);
         }
+    };
+    let outcome = Outcome::Judged {
+        verdict,
+        snapshot,
+        after: None,
     };
     conn.finish(&seen, &outcome, response.status().as_u16());
     if let (Some(client), StatusCode::SWITCHING_PROTOCOLS) = (upgrade, response.status()) {
@@ -305,16 +327,42 @@ fn text(status: StatusCode, body: String, close: bool, grpc: bool) -> Response<B
 impl Connection {
     /// Logs (denied and would-deny always, allowed on request) and counts a request.
     fn finish(&self, seen: &Seen, outcome: &Outcome, status: u16) {
-        count(&self.flow, outcome.action, status);
-        if outcome.action == Action::Allow && !self.judge.logs_allowed() {
+        let action = outcome.action();
+        count(&self.flow, action, status);
+        if action == Action::Allow && !self.judge.logs_allowed() {
             return;
         }
+        let flow = self.flow.as_flow();
+        let (reason, detail, version, (policy, rule, http_rule)) = match outcome {
+            Outcome::Refused(why) => (
+                "bad-request".to_owned(),
+                format!("refused with 400: {why}"),
+                self.judge.state().current().map(|s| s.version),
+                (None, None, None),
+            ),
+            Outcome::Judged {
+                verdict,
+                snapshot,
+                after,
+            } => {
+                let mut detail = verdict.describe(&snapshot.policy, &flow);
+                if let Some(after) = after {
+                    detail = format!("{detail}; {after}");
+                }
+                (
+                    verdict.reason.to_string(),
+                    detail,
+                    Some(snapshot.version),
+                    deciders(verdict, snapshot, &flow),
+                )
+            }
+        };
         self.judge.write_log(
             &self.flow,
-            outcome.action,
-            outcome.reason.clone(),
-            outcome.detail.clone(),
-            Some(outcome.policy_version),
+            action,
+            reason,
+            detail,
+            version,
             None,
             Some(RequestEntry {
                 http: self.version.as_str(),
@@ -322,9 +370,9 @@ impl Connection {
                 path: &seen.path,
                 host: seen.host.as_deref(),
                 status,
-                policy: outcome.policy.as_deref(),
-                rule: outcome.rule,
-                http_rule: outcome.http_rule,
+                policy: policy.as_deref(),
+                rule,
+                http_rule,
             }),
         );
     }
