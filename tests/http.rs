@@ -552,3 +552,36 @@ fn an_opaque_port_is_never_inspected_so_http_rules_cannot_allow_it() {
         "{line}"
     );
 }
+
+#[test]
+fn the_lab_probes_ports_with_http_rules_with_real_requests() {
+    let lab = lab();
+    let observed = lab.probe_all().expect("probing");
+    let differ: Vec<String> = observed
+        .iter()
+        .filter(|o| o.differs())
+        .map(|o| {
+            format!(
+                "{} -> {} {}: expected {}",
+                o.expected.from, o.expected.to, o.expected.port, o.expected.allowed
+            )
+        })
+        .collect();
+    assert!(
+        differ.is_empty(),
+        "flows differ from simulate:\n{}",
+        differ.join("\n")
+    );
+    let http: Vec<_> = observed.iter().filter(|o| o.expected.http()).collect();
+    assert_eq!(
+        http.len(),
+        3,
+        "frontend -> api 8080 and 50051, batch -> api 8080"
+    );
+    assert!(http.iter().all(|o| o.observed == Some(true)));
+    // Each was a request the proxies judged (GET / is allowed by no HTTP rule: 403).
+    logged(&lab, API, |l| l["path"] == "/" && l["status"] == 403);
+    logged(&lab, "production/batch", |l| {
+        l["path"] == "/" && l["status"] == 403
+    });
+}
