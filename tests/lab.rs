@@ -1135,6 +1135,8 @@ fn before_its_first_policy_a_proxy_holds_new_flows_then_applies_its_fail_mode() 
     std::thread::sleep(Duration::from_millis(300));
     lab.start_controller().unwrap();
     held.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
+    // The agent answers once the client has spoken (it tells raw probes from HTTP).
+    std::io::Write::write_all(&mut &held, b"hello\n").unwrap();
     let mut name = String::new();
     std::io::BufRead::read_line(&mut std::io::BufReader::new(&held), &mut name).unwrap();
     assert_eq!(
