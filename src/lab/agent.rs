@@ -235,12 +235,24 @@ pub async fn probe_http(ns: &Netns, dst: SocketAddr, expect: &str) -> bool {
     )
 }
 
-/// How long the agent waits for a client's first bytes.
+/// How long the agent waits for a client's first bytes once it started sending.
 const FIRST_BYTES: Duration = Duration::from_secs(10);
+/// How long a client may stay silent before the agent speaks first (a raw probe that
+/// waits for the name).
+const SILENT_CLIENT: Duration = Duration::from_millis(200);
 
 /// Answers one TCP connection: HTTP/1.1 and HTTP/2 with prior knowledge get an HTTP
 /// answer ([`http_answer`]); anything else gets the pod's name, then an echo of all it sends.
 async fn answer(stream: TcpStream, name: Arc<str>) {
+    // A client silent at first is a raw probe of the older kind, which waits for the name:
+    // it gets it (and the echo) without detection.
+    let mut first = [0u8; 1];
+    if tokio::time::timeout(SILENT_CLIENT, stream.peek(&mut first))
+        .await
+        .is_err()
+    {
+        return raw_answer(stream, &name, &[]).await;
+    }
     let Ok((detected, stream)) = detect(stream, FIRST_BYTES).await else {
         return;
     };
@@ -261,15 +273,19 @@ async fn answer(stream: TcpStream, name: Arc<str>) {
                 .await;
         }
         _ => {
-            let (prefix, mut stream) = stream.into_parts();
-            let reply = format!("{name}\n");
-            if stream.write_all(reply.as_bytes()).await.is_ok()
-                && stream.write_all(&prefix).await.is_ok()
-            {
-                let (mut r, mut w) = stream.split();
-                let _ = tokio::io::copy(&mut r, &mut w).await;
-            }
+            let (prefix, stream) = stream.into_parts();
+            raw_answer(stream, &name, &prefix).await;
         }
+    }
+}
+
+/// The raw answer: the pod's name, then an echo of everything the client sends (starting
+/// with what was read to detect the protocol).
+async fn raw_answer(mut stream: TcpStream, name: &str, read: &[u8]) {
+    let reply = format!("{name}\n");
+    if stream.write_all(reply.as_bytes()).await.is_ok() && stream.write_all(read).await.is_ok() {
+        let (mut r, mut w) = stream.split();
+        let _ = tokio::io::copy(&mut r, &mut w).await;
     }
 }
 
