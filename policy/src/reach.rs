@@ -109,7 +109,7 @@ fn port(p: &PortRule) -> PortReach {
         http: words(
             p.l7.http
                 .as_ref()
-                .map(|r| r.iter().map(|h| h.to_string()).collect()),
+                .map(|r| r.rules().iter().map(|h| h.to_string()).collect()),
         ),
         dns: words(
             p.l7.dns

@@ -151,11 +151,12 @@ fn l7_within(a: &L7, b: &L7) -> bool {
     if b.is_empty() {
         return a.is_empty();
     }
-    fn words<T: ToString>(x: &Option<std::sync::Arc<[T]>>) -> Option<Vec<String>> {
-        x.as_ref().map(|v| v.iter().map(T::to_string).collect())
+    fn words<T: ToString>(x: Option<&[T]>) -> Option<Vec<String>> {
+        x.map(|v| v.iter().map(T::to_string).collect())
     }
-    words(&a.http) == words(&b.http)
-        && words(&a.dns) == words(&b.dns)
+    let http = |l7: &L7| words(l7.http.as_deref().map(crate::http::HttpRules::rules));
+    http(a) == http(b)
+        && words(a.dns.as_deref()) == words(b.dns.as_deref())
         && a.server_names == b.server_names
 }
 
