@@ -6,6 +6,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
+use palisade_controller::heartbeat::Replica;
+use palisade_controller::inject::{InjectOptions, SidecarKind};
+use palisade_controller::tls::CertFiles;
+use palisade_controller::webhook::Webhook;
 use palisade_controller::Config;
 
 /// Arguments of `palisade controller`.
@@ -27,18 +31,161 @@ pub struct Args {
     /// Worker threads.
     #[arg(long, env = "PALISADE_THREADS", default_value_t = 2)]
     threads: usize,
+    /// Serve the admission webhooks (pod injection, policy validation) here, over TLS.
+    #[arg(long, env = "PALISADE_WEBHOOK_LISTEN", requires_all = ["webhook_cert", "webhook_key", "image"])]
+    webhook_listen: Option<SocketAddr>,
+    /// The webhooks' certificate chain (PEM), read again when it changes.
+    #[arg(long, env = "PALISADE_WEBHOOK_CERT")]
+    webhook_cert: Option<PathBuf>,
+    /// The webhooks' private key (PEM).
+    #[arg(long, env = "PALISADE_WEBHOOK_KEY")]
+    webhook_key: Option<PathBuf>,
+    /// The image injected pods run palisade init and proxy from.
+    #[arg(long, env = "PALISADE_IMAGE")]
+    image: Option<String>,
+    /// Its pull policy (the cluster's default if not given).
+    #[arg(long, env = "PALISADE_IMAGE_PULL_POLICY")]
+    image_pull_policy: Option<String>,
+    /// The policy stream as injected proxies reach it.
+    #[arg(
+        long,
+        env = "PALISADE_STREAM_URL",
+        default_value = "https://palisade.palisade-system.svc:7443"
+    )]
+    stream_url: String,
+    /// The fail mode of injected proxies whose pod has no palisade.dev/fail-mode.
+    #[arg(long, env = "PALISADE_FAIL_MODE", value_enum, default_value_t = FailMode::Closed)]
+    fail_mode: FailMode,
+    /// Inject the proxy as a native sidecar (an init container that keeps running,
+    /// Kubernetes 1.29+), or as a first regular container; `auto` asks the API server's
+    /// version.
+    #[arg(long, env = "PALISADE_NATIVE_SIDECARS", value_enum, default_value_t = NativeSidecars::Auto)]
+    native_sidecars: NativeSidecars,
+    /// This replica's pod, namespace and pod UID (downward API): with them it renews a
+    /// Lease saying how many proxies it serves, which `palisade status` reads.
+    #[arg(long, env = "PALISADE_REPLICA_POD", requires = "replica_namespace")]
+    replica_pod: Option<String>,
+    /// The controller's namespace.
+    #[arg(long, env = "PALISADE_REPLICA_NAMESPACE")]
+    replica_namespace: Option<String>,
+    /// The replica pod's UID, which owns its Lease.
+    #[arg(long, env = "PALISADE_REPLICA_POD_UID")]
+    replica_pod_uid: Option<String>,
+}
+
+/// `--fail-mode`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum FailMode {
+    /// New flows are refused.
+    Closed,
+    /// New flows pass.
+    Open,
+}
+
+/// `--native-sidecars`.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum NativeSidecars {
+    /// When the API server is 1.29 or later (native sidecars on by default).
+    Auto,
+    /// Always (1.28 with the SidecarContainers feature gate on, or later).
+    Always,
+    /// Never: a first regular container the app waits for.
+    Never,
+}
+
+/// The first Kubernetes minor version with native sidecars on by default.
+const NATIVE_SIDECARS_SINCE: (u32, u32) = (1, 29);
+
+/// Whether the API server runs native sidecars, from its version (`/version`).
+async fn native_sidecars(client: &kube::Client) -> anyhow::Result<bool> {
+    let info = client
+        .apiserver_version()
+        .await
+        .context("asking the API server's version (or pass --native-sidecars)")?;
+    // Minor versions look like "29" or "29+" (some managed clusters).
+    let number = |s: &str| s.trim_end_matches('+').parse::<u32>().ok();
+    let version = number(&info.major)
+        .zip(number(&info.minor))
+        .with_context(|| {
+            format!(
+                "cannot read the API server's version {:?}",
+                info.git_version
+            )
+        })?;
+    Ok(version >= NATIVE_SIDECARS_SINCE)
+}
+
+async fn kube_client() -> anyhow::Result<kube::Client> {
+    kube::Client::try_default()
+        .await
+        .context("no Kubernetes API configuration (in-cluster or kubeconfig)")
+}
+
+async fn webhook(args: &Args) -> anyhow::Result<Option<palisade_controller::WebhookConfig>> {
+    let (Some(listen), Some(cert), Some(key), Some(image)) = (
+        args.webhook_listen,
+        &args.webhook_cert,
+        &args.webhook_key,
+        &args.image,
+    ) else {
+        return Ok(None);
+    };
+    let client = match args.native_sidecars {
+        NativeSidecars::Auto => Some(kube_client().await?),
+        _ => kube_client().await.ok(),
+    };
+    let native = match args.native_sidecars {
+        NativeSidecars::Always => true,
+        NativeSidecars::Never => false,
+        NativeSidecars::Auto => {
+            native_sidecars(client.as_ref().context("--native-sidecars auto")?).await?
+        }
+    };
+    let sidecar = if native {
+        SidecarKind::Native
+    } else {
+        SidecarKind::Container
+    };
+    let mut inject = InjectOptions::new(image.clone(), args.stream_url.clone(), sidecar);
+    inject.pull_policy = args.image_pull_policy.clone();
+    inject.fail_mode = match args.fail_mode {
+        FailMode::Closed => palisade_controller::inject::FailMode::Closed,
+        FailMode::Open => palisade_controller::inject::FailMode::Open,
+    };
+    Ok(Some(palisade_controller::WebhookConfig {
+        listen,
+        tls: CertFiles::new(cert.clone(), key.clone())?,
+        webhook: Webhook { inject, client },
+    }))
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     crate::logging::init();
-    let config = Config {
-        source: args.source,
-        listen: args.listen,
-        metrics: Some(args.metrics),
-        poll: args.poll,
-    };
-    crate::logging::runtime(args.threads)?
-        .block_on(palisade_controller::run(config))
-        .context("the controller stopped")?;
+    let runtime = crate::logging::runtime(args.threads)?;
+    runtime.block_on(async {
+        let webhook = webhook(&args).await?;
+        let heartbeat = match (&args.replica_pod, &args.replica_namespace) {
+            (Some(pod), Some(namespace)) => Some((
+                kube_client().await?,
+                Replica {
+                    namespace: namespace.clone(),
+                    pod: pod.clone(),
+                    pod_uid: args.replica_pod_uid.clone(),
+                },
+            )),
+            _ => None,
+        };
+        let config = Config {
+            source: args.source,
+            listen: args.listen,
+            metrics: Some(args.metrics),
+            poll: args.poll,
+            webhook,
+            heartbeat,
+        };
+        palisade_controller::run(config)
+            .await
+            .context("the controller stopped")
+    })?;
     Ok(ExitCode::SUCCESS)
 }

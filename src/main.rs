@@ -7,11 +7,14 @@ mod diff;
 mod explain;
 mod generate;
 mod init;
+mod install;
 mod lint;
 mod load;
 mod logging;
+mod probe;
 mod proxy;
 mod simulate;
+mod status;
 
 use std::process::ExitCode;
 
@@ -46,6 +49,12 @@ enum Command {
     Proxy(proxy::Args),
     /// Compile every pod's policy and stream it to the pod's proxy.
     Controller(controller::Args),
+    /// Print every object a cluster needs to run palisade (`| kubectl apply -f -`).
+    Install(install::Args),
+    /// Show what palisade enforces on a cluster: injection, modes, proxies, replicas.
+    Status(status::Args),
+    /// Ask the proxy's admin server for /live or /ready (the sidecar's exec probes).
+    Probe(probe::Args),
     /// Build a real mini-cluster in network namespaces and probe every flow (root).
     Lab(palisade::lab::cli::Args),
 }
@@ -65,6 +74,9 @@ fn main() -> ExitCode {
         Command::Init(args) => init::run(args),
         Command::Proxy(args) => proxy::run(args),
         Command::Controller(args) => controller::run(args),
+        Command::Probe(args) => probe::run(args),
+        Command::Install(args) => install::run(args),
+        Command::Status(args) => status::run(args),
         Command::Lab(args) => palisade::lab::cli::run(args),
     };
     match result {

@@ -5,9 +5,13 @@
 //! object change what is enforced: a rejected object keeps its last valid version.
 
 pub mod folder;
+pub mod heartbeat;
+pub mod inject;
 pub mod metrics;
 pub mod server;
 pub mod store;
+pub mod tls;
+pub mod webhook;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -18,7 +22,6 @@ use palisade_policy::manifest::Report;
 use store::Store;
 
 /// The controller's configuration.
-#[derive(Debug, Clone)]
 pub struct Config {
     /// Manifest files and folders to read (the folder source).
     pub source: Vec<PathBuf>,
@@ -28,6 +31,20 @@ pub struct Config {
     pub metrics: Option<SocketAddr>,
     /// How often the folder is checked for changes.
     pub poll: Duration,
+    /// The admission webhooks, if this replica serves them.
+    pub webhook: Option<WebhookConfig>,
+    /// The API client and who this replica is, for its heartbeat Lease.
+    pub heartbeat: Option<(kube::Client, heartbeat::Replica)>,
+}
+
+/// Where and how the admission webhooks are served.
+pub struct WebhookConfig {
+    /// Their address (8443).
+    pub listen: SocketAddr,
+    /// Their TLS certificate and key, read again when the files change.
+    pub tls: tls::CertFiles,
+    /// What they need to decide.
+    pub webhook: webhook::Webhook,
 }
 
 /// Why the controller could not start.
@@ -64,6 +81,26 @@ pub async fn run(config: Config) -> Result<(), ListenError> {
             .await
             .map_err(|source| ListenError { addr, source })?;
         tokio::spawn(metrics::serve(listener, handle));
+    }
+    if let Some(w) = config.webhook {
+        let listener = tokio::net::TcpListener::bind(w.listen)
+            .await
+            .map_err(|source| ListenError {
+                addr: w.listen,
+                source,
+            })?;
+        tracing::info!(listen = %w.listen, "admission webhooks served");
+        tokio::spawn(webhook::serve(
+            listener,
+            w.tls.server_config(),
+            Arc::new(w.webhook),
+        ));
+    }
+    if let Some((client, replica)) = config.heartbeat {
+        let store = store.clone();
+        tokio::spawn(heartbeat::run(client, replica, move || {
+            (server::open_streams(), store.pods())
+        }));
     }
     tracing::info!(listen = %config.listen, source = ?config.source, "controller started");
 

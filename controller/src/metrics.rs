@@ -24,6 +24,10 @@ pub const COMPILE_SECONDS: &str = "palisade_controller_compile_seconds";
 /// Pod policies that changed, over all reads.
 pub const CHANGES: &str = "palisade_controller_policy_changes_total";
 
+/// Admission requests answered, by webhook (`inject`, `validate`) and result (`injected`,
+/// `left`, `refused`, `allowed`, `warned`, `error`).
+pub const WEBHOOK_REQUESTS: &str = "palisade_webhook_requests_total";
+
 /// Installs the global recorder.
 pub fn install() -> Option<PrometheusHandle> {
     let recorder = PrometheusBuilder::new().build_recorder();
@@ -42,6 +46,10 @@ pub fn install() -> Option<PrometheusHandle> {
         "Time to compile every pod's policy"
     );
     ::metrics::describe_counter!(CHANGES, "Pod policies that changed");
+    ::metrics::describe_counter!(
+        WEBHOOK_REQUESTS,
+        "Admission requests answered, by webhook and result"
+    );
     Some(handle)
 }
 

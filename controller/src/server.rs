@@ -2,6 +2,7 @@
 //! `/v1/policy/{namespace}/{name}`, carrying the pod's policy now and after every change.
 
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -58,12 +59,21 @@ fn plain(status: StatusCode, text: String) -> Response<Body> {
     r
 }
 
+/// Policy streams open now, for the replica's heartbeat.
+static OPEN_STREAMS: AtomicUsize = AtomicUsize::new(0);
+
+/// How many policy streams this replica serves now.
+pub fn open_streams() -> usize {
+    OPEN_STREAMS.load(Ordering::Relaxed)
+}
+
 /// Counts an open stream for as long as the response body lives.
 struct StreamGuard;
 
 impl StreamGuard {
     fn new() -> Self {
         ::metrics::gauge!(metrics::STREAMS).increment(1.0);
+        OPEN_STREAMS.fetch_add(1, Ordering::Relaxed);
         StreamGuard
     }
 }
@@ -71,6 +81,7 @@ impl StreamGuard {
 impl Drop for StreamGuard {
     fn drop(&mut self) {
         ::metrics::gauge!(metrics::STREAMS).decrement(1.0);
+        OPEN_STREAMS.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -65,6 +65,26 @@ impl Node {
             _ => None,
         }
     }
+
+    /// Builds a tree from JSON (as the Kubernetes API serves objects); lines are unknown.
+    pub fn from_json(v: &serde_json::Value) -> Node {
+        let value = match v {
+            serde_json::Value::Null => Value::Null,
+            serde_json::Value::Bool(b) => Value::Bool(*b),
+            serde_json::Value::Number(n) => match n.as_i64() {
+                Some(i) => Value::Int(i),
+                None => Value::Float(n.as_f64().unwrap_or(f64::NAN)),
+            },
+            serde_json::Value::String(s) => Value::Str(s.clone()),
+            serde_json::Value::Array(a) => Value::Seq(a.iter().map(Node::from_json).collect()),
+            serde_json::Value::Object(o) => Value::Map(
+                o.iter()
+                    .map(|(k, v)| (k.clone(), Node::from_json(v)))
+                    .collect(),
+            ),
+        };
+        Node { line: 0, value }
+    }
 }
 
 /// A document that could not be parsed.

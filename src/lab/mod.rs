@@ -7,12 +7,13 @@
 
 pub mod agent;
 pub mod cli;
+pub mod injection;
 pub mod netns;
 pub mod network;
 pub mod processes;
 pub mod raw;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -28,11 +29,10 @@ use palisade_policy::ports::Protocol;
 use palisade_policy::simulate::{simulate_with_self, SimFlow};
 
 use network::Network;
+use injection::{Facts, Injected};
 use processes::Processes;
 pub use processes::ProxyOptions;
 
-/// Ports the proxy listens on inside an injected pod; the app cannot use them.
-const PROXY_PORTS: [u16; 4] = [7401, 7402, 7403, 7490];
 /// The node's IPv4 address when no pod names one and pods have IPv4 addresses.
 const DEFAULT_NODE_V4: Ipv4Addr = Ipv4Addr::new(192, 168, 255, 1);
 /// The node's IPv6 address when no pod names one and pods have IPv6 addresses.
@@ -112,6 +112,8 @@ pub struct Lab {
     cluster: Cluster,
     report: Report,
     injected: BTreeSet<String>,
+    /// Each injected pod's containers, as the webhook patched them.
+    specs: BTreeMap<String, Injected>,
     manifests: PathBuf,
     options: LabOptions,
     peers: agent::Peers,
@@ -256,14 +258,19 @@ impl Lab {
         network
             .translate_services(Compiler::new(&cluster).services())
             .context("translating Service addresses")?;
-        let injected: BTreeSet<String> = cluster
-            .pods
-            .iter()
-            .filter(|p| {
-                !p.host_network && (!options.respect_injection || cluster.pod_asks_for_injection(p))
-            })
-            .map(Pod::key)
-            .collect();
+        // Each pod goes through the injection webhook's decision, as in a cluster.
+        let webhook = injection::Webhook {
+            hold: options.hold,
+            fail_open: false,
+        };
+        let mut specs: BTreeMap<String, Injected> = BTreeMap::new();
+        for pod in &cluster.pods {
+            let force = !options.respect_injection;
+            if let Some(spec) = injection::review(&cluster, pod, &node_ips, webhook, force)? {
+                specs.insert(pod.key(), spec);
+            }
+        }
+        let injected: BTreeSet<String> = specs.keys().cloned().collect();
 
         let peers = agent::Peers::default();
         {
@@ -275,13 +282,6 @@ impl Lab {
                 ports.sort();
                 ports.dedup();
                 for (protocol, port) in ports {
-                    if injected.contains(&pod.key()) && PROXY_PORTS.contains(&port) {
-                        eprintln!(
-                            "palisade lab: pod {} port {port} is the proxy's own; not served",
-                            pod.key()
-                        );
-                        continue;
-                    }
                     agent::serve(ns, &pod.ips, port, protocol, &pod.key(), &peers).with_context(
                         || format!("serving {port}/{protocol} in pod {}", pod.key()),
                     )?;
@@ -291,10 +291,17 @@ impl Lab {
 
         let mut processes = Processes::new(options.binary.clone(), workdir.0.join("logs"))?;
         processes.start_controller(&network.node, &manifests)?;
-        for pod in cluster.pods.iter().filter(|p| injected.contains(&p.key())) {
+        for pod in &cluster.pods {
+            let Some(spec) = specs.get(&pod.key()) else {
+                continue;
+            };
             let ns = network.netns_of(pod);
-            processes.init(ns, pod, &node_ips)?;
-            processes.start_proxy(ns, pod, &node_ips, &options.proxy())?;
+            let facts = Facts {
+                pod,
+                node_ips: &node_ips,
+            };
+            processes.init(ns, &spec.init, &facts)?;
+            processes.start_proxy(ns, &spec.proxy, &facts, &options.proxy())?;
         }
         let lab = Lab {
             processes,
@@ -303,6 +310,7 @@ impl Lab {
             cluster,
             report,
             injected,
+            specs,
             manifests,
             options,
             peers,
@@ -320,11 +328,7 @@ impl Lab {
                 if interrupted() {
                     bail!("interrupted");
                 }
-                let ns = self.netns(pod)?;
-                if matches!(
-                    self.runtime.block_on(agent::admin_get(ns, "/ready")),
-                    Ok((200, _))
-                ) {
+                if self.run_probe(pod, |c| &c.readiness_probe)? {
                     break;
                 }
                 if start.elapsed() > timeout {
@@ -338,6 +342,30 @@ impl Lab {
             }
         }
         Ok(())
+    }
+
+    /// Runs one of a pod's proxy probes, as the kubelet would: whether it passed.
+    fn run_probe(
+        &self,
+        pod: &str,
+        which: fn(&k8s_openapi::api::core::v1::Container) -> &Option<k8s_openapi::api::core::v1::Probe>,
+    ) -> anyhow::Result<bool> {
+        let p = self.pod(pod)?;
+        let spec = self
+            .specs
+            .get(pod)
+            .ok_or_else(|| anyhow!("pod {pod} has no proxy"))?;
+        let facts = Facts {
+            pod: p,
+            node_ips: &self.network.node_ips,
+        };
+        Ok(injection::probe(
+            self.network.netns_of(p),
+            &self.options.binary,
+            &spec.proxy,
+            which(&spec.proxy),
+            &facts,
+        )?)
     }
 
     /// The cluster the lab was built from (with the lab's addresses).
@@ -502,7 +530,15 @@ impl Lab {
     pub fn install_rules(&self, pod: &str) -> anyhow::Result<()> {
         let p = self.pod(pod)?;
         let ns = self.network.netns_of(p);
-        self.processes.init(ns, p, &self.network.node_ips)?;
+        let spec = self
+            .specs
+            .get(pod)
+            .ok_or_else(|| anyhow!("pod {pod} has no proxy"))?;
+        let facts = Facts {
+            pod: p,
+            node_ips: &self.network.node_ips,
+        };
+        self.processes.init(ns, &spec.init, &facts)?;
         Ok(())
     }
 
@@ -528,14 +564,22 @@ impl Lab {
     pub fn start_proxy_with(&mut self, pod: &str, options: &ProxyOptions) -> anyhow::Result<()> {
         let p = self.pod(pod)?.clone();
         let ns = self.network.netns_of(&p);
-        self.processes
-            .start_proxy(ns, &p, &self.network.node_ips, options)?;
+        let node_ips = self.network.node_ips.clone();
+        let webhook = injection::Webhook {
+            hold: options.hold,
+            fail_open: options.fail_open,
+        };
+        let spec = injection::review(&self.cluster, &p, &node_ips, webhook, true)?
+            .ok_or_else(|| anyhow!("pod {pod} cannot have a proxy"))?;
+        let facts = Facts {
+            pod: &p,
+            node_ips: &node_ips,
+        };
+        self.processes.start_proxy(ns, &spec.proxy, &facts, options)?;
+        self.specs.insert(pod.to_owned(), spec);
         let start = Instant::now();
         // The admin server starts once every listener is open.
-        while !matches!(
-            self.runtime.block_on(agent::admin_get(ns, "/live")),
-            Ok((200, _))
-        ) {
+        while !self.run_probe(pod, |c| &c.startup_probe)? {
             if start.elapsed() > READY_TIMEOUT {
                 bail!(
                     "the proxy of pod {pod} did not start; its log:\n{}",

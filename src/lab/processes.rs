@@ -1,33 +1,24 @@
 //! palisade's own parts running in the lab, as a cluster would run them: the controller in
-//! the node, and in each injected pod `palisade init` followed by `palisade proxy` as uid
-//! 2190. Every process is stopped when this is dropped.
+//! the node, and in each injected pod the init and proxy containers the webhook's patch
+//! describes. Every process is stopped when this is dropped.
 
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io;
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::{Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use palisade_policy::cluster::{Family, Pod};
-use palisade_proxy::controller_address::ControllerAddress;
+use anyhow::bail;
+use k8s_openapi::api::core::v1::Container;
+
+use super::injection::{self, Facts};
 
 use super::netns::Netns;
 
-/// The proxy's uid, which its iptables rules leave alone.
-pub const PROXY_UID: &str = "2190";
 /// The controller's policy stream port.
 pub const CONTROLLER_PORT: u16 = 7443;
-
-/// Pod annotations that become `palisade init` options, as the injector maps them.
-const INIT_ANNOTATIONS: [(&str, &str); 3] = [
-    ("palisade.dev/skip-inbound-ports", "--skip-inbound-ports"),
-    ("palisade.dev/skip-outbound-ports", "--skip-outbound-ports"),
-    ("palisade.dev/skip-outbound-cidrs", "--skip-outbound-cidrs"),
-];
-/// The pod annotation that lets ICMP echo in and out (`palisade init --allow-icmp`).
-pub const ALLOW_ICMP_ANNOTATION: &str = "palisade.dev/allow-icmp";
 
 /// How a proxy is started.
 #[derive(Debug, Clone)]
@@ -117,89 +108,49 @@ impl Processes {
         }
     }
 
-    /// Installs the pod's iptables rules, as its init container would.
-    pub fn init(&self, ns: &Netns, pod: &Pod, node_ips: &[IpAddr]) -> io::Result<()> {
-        let mut command = ns.command(path_str(&self.binary)?);
-        command.args(["init", "--dns-servers", "none"]);
-        command.args(["--node-ips", &joined(node_ips)]);
-        for (annotation, flag) in INIT_ANNOTATIONS {
-            if let Some(value) = pod.annotations.get(annotation) {
-                command.args([flag, value]);
-            }
-        }
-        if pod
-            .annotations
-            .get(ALLOW_ICMP_ANNOTATION)
-            .is_some_and(|v| v == "true")
-        {
-            command.arg("--allow-icmp");
-        }
-        let output = command.stdin(Stdio::null()).output()?;
+    /// Runs the pod's init container, as the kubelet would.
+    pub fn init(&self, ns: &Netns, init: &Container, facts: &Facts<'_>) -> anyhow::Result<()> {
+        let output = injection::command(ns, &self.binary, init, facts, &[])?
+            .stdin(Stdio::null())
+            .output()?;
         if !output.status.success() {
-            return Err(io::Error::other(format!(
+            bail!(
                 "palisade init failed in pod {}: {}",
-                pod.key(),
+                facts.pod.key(),
                 String::from_utf8_lossy(&output.stderr).trim()
-            )));
+            );
         }
         Ok(())
     }
 
-    /// Starts the pod's proxy as uid 2190, with CAP_NET_RAW only (unless `options` say
-    /// otherwise), as a sidecar would run.
+    /// Starts the pod's proxy container as the kubelet would (replacing a running one),
+    /// with a cap on its descriptors and without CAP_NET_RAW if `options` say so.
     pub fn start_proxy(
         &mut self,
         ns: &Netns,
-        pod: &Pod,
-        node_ips: &[IpAddr],
+        proxy: &Container,
+        facts: &Facts<'_>,
         options: &ProxyOptions,
-    ) -> io::Result<()> {
-        let key = pod.key();
+    ) -> anyhow::Result<()> {
+        let key = facts.pod.key();
         // A proxy already running holds the ports: it goes first.
         self.stop_proxy(&key);
-        // The controller, at the node's address of the pod's own family.
-        let family = pod.ips.first().map_or(Family::V4, |ip| Family::of(*ip));
-        let node_ip = node_ips
-            .iter()
-            .copied()
-            .find(|ip| Family::of(*ip) == family)
-            .unwrap_or(node_ips[0]);
-        let controller = ControllerAddress::new(node_ip, CONTROLLER_PORT);
-        let caps = if options.net_raw { "+net_raw" } else { "-all" };
-        let mut command = match options.max_files {
-            Some(n) => {
-                let mut c = ns.command("prlimit");
-                c.arg(format!("--nofile={n}:{n}")).arg("setpriv");
-                c
-            }
-            None => ns.command("setpriv"),
+        let wrap: Vec<String> = match options.max_files {
+            Some(n) => vec!["prlimit".into(), format!("--nofile={n}:{n}")],
+            None => Vec::new(),
         };
-        let child = command
-            .args([
-                &format!("--reuid={PROXY_UID}"),
-                &format!("--regid={PROXY_UID}"),
-                "--clear-groups",
-                &format!("--inh-caps={caps}"),
-                &format!("--ambient-caps={caps}"),
-            ])
-            .arg(&self.binary)
-            .args(["proxy", "--pod", &key])
-            .args(["--controller", &controller.to_string()])
-            .args(["--pod-ips", &joined(&pod.ips)])
-            .args(["--node-ips", &joined(node_ips)])
-            .args(["--hold", &format!("{}ms", options.hold.as_millis())])
-            .args([
-                "--fail-mode",
-                if options.fail_open { "open" } else { "closed" },
-            ])
-            .args(["--dns-upstreams", &node_ip.to_string()])
-            .args(options.log_allowed.then_some("--log-allowed"))
-            // As the injector would, from the pod's annotation.
-            .envs(
-                pod.annotations
-                    .get("palisade.dev/opaque-ports")
-                    .map(|ports| ("PALISADE_OPAQUE_PORTS", ports)),
-            )
+        let mut proxy = proxy.clone();
+        if !options.net_raw {
+            // The fallback tests: a cluster that does not grant the capability.
+            if let Some(caps) = proxy
+                .security_context
+                .as_mut()
+                .and_then(|s| s.capabilities.as_mut())
+            {
+                caps.add = Some(Vec::new());
+            }
+        }
+        let child = injection::command(ns, &self.binary, &proxy, facts, &wrap)?
             .stdin(Stdio::null())
             .stdout(File::create(self.flow_log(&key))?)
             .stderr(
@@ -249,10 +200,6 @@ impl Drop for Processes {
 }
 
 /// Addresses as a comma-separated list, as flags and the downward API give them.
-fn joined(ips: &[IpAddr]) -> String {
-    let shown: Vec<String> = ips.iter().map(IpAddr::to_string).collect();
-    shown.join(",")
-}
 
 fn path_str(p: &Path) -> io::Result<&str> {
     p.to_str().ok_or_else(|| {
