@@ -190,8 +190,15 @@ fn a_plain_pod_in_an_injected_namespace_gets_init_and_a_native_sidecar() {
         )
     );
     assert!(init.restart_policy.is_none(), "init runs once");
-    // Nothing names the DNS servers: init reads the resolv.conf the kubelet wrote.
-    assert!(env(init).is_empty(), "{:?}", init.env);
+    // Nothing names the DNS servers: init reads the resolv.conf the kubelet wrote. The
+    // node's addresses (every family) come from the downward API; echo stays dropped.
+    let init_env = env(init);
+    let names: Vec<&String> = init_env.keys().collect();
+    assert_eq!(names, ["PALISADE_NODE_IPS"]);
+    assert_eq!(
+        field_ref(&init_env, "PALISADE_NODE_IPS").as_deref(),
+        Some("status.hostIPs")
+    );
 
     let proxy = &inits[1];
     assert_eq!(proxy.restart_policy.as_deref(), Some("Always"));
@@ -226,6 +233,10 @@ fn a_plain_pod_in_an_injected_namespace_gets_init_and_a_native_sidecar() {
     assert_eq!(
         field_ref(&e, "PALISADE_HOST_IP").as_deref(),
         Some("status.hostIP")
+    );
+    assert_eq!(
+        field_ref(&e, "PALISADE_NODE_IPS").as_deref(),
+        Some("status.hostIPs")
     );
     assert_eq!(value(&e, "PALISADE_CONTROLLER"), Some(CONTROLLER));
     assert_eq!(value(&e, "PALISADE_FAIL_MODE"), Some("closed"));
@@ -357,6 +368,7 @@ fn annotations_become_init_and_proxy_options() {
         value(&init, "PALISADE_SKIP_OUTBOUND_CIDRS"),
         Some("10.20.0.0/16,fd00:20::/64")
     );
+    assert_eq!(value(&init, "PALISADE_ALLOW_ICMP"), Some("true"));
     let proxy = env(container(&inits, "palisade-proxy"));
     assert_eq!(value(&proxy, "PALISADE_FAIL_MODE"), Some("open"));
 

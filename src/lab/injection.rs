@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::path::Path;
 use std::process::Command;
 
@@ -17,9 +17,11 @@ use k8s_openapi::api::core::v1::{Container, Namespace, Pod};
 use palisade_controller::inject::containers::{BINARY, INIT_NAME, PROXY_NAME};
 use palisade_controller::inject::{self, Decision, FailMode, InjectOptions, SidecarKind};
 use palisade_policy::cluster::{self, Cluster};
+use palisade_proxy::controller_address::ControllerAddress;
 use serde_json::json;
 
 use super::netns::Netns;
+use super::processes::CONTROLLER_PORT;
 
 /// The `PATH` of palisade's image, where init finds iptables and ip.
 const IMAGE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -35,15 +37,33 @@ pub struct Injected {
     pub proxy: Container,
 }
 
-/// What the webhook would be configured with in the lab.
-pub fn options(
-    controller: SocketAddr,
-    hold: std::time::Duration,
-    fail_open: bool,
-) -> InjectOptions {
+/// How the lab configures the webhook.
+#[derive(Debug, Clone, Copy)]
+pub struct Webhook {
+    /// How long proxies hold new flows before their first policy.
+    pub hold: std::time::Duration,
+    /// Their fail mode is open.
+    pub fail_open: bool,
+}
+
+/// The node's address of the pod's own family (the first one if it has none).
+fn node_ip_for(pod: &cluster::Pod, node_ips: &[IpAddr]) -> IpAddr {
+    let v6 = pod.ips.first().is_some_and(IpAddr::is_ipv6);
+    node_ips
+        .iter()
+        .copied()
+        .find(|ip| ip.is_ipv6() == v6)
+        .unwrap_or(node_ips[0])
+}
+
+/// What the webhook would be configured with for `pod`: its proxy reaches the controller
+/// at the node's address of its own family.
+fn options(pod: &cluster::Pod, node_ips: &[IpAddr], webhook: Webhook) -> InjectOptions {
+    let controller = ControllerAddress::new(node_ip_for(pod, node_ips), CONTROLLER_PORT);
+    let (hold, fail_open) = (webhook.hold, webhook.fail_open);
     let mut o = InjectOptions::new(
         LAB_IMAGE.into(),
-        format!("http://{controller}"),
+        controller.to_string(),
         SidecarKind::Native,
     );
     o.hold = Some(format!("{}ms", hold.as_millis()));
@@ -94,16 +114,17 @@ fn api_namespace(ns: &cluster::Namespace) -> anyhow::Result<Namespace> {
 pub fn review(
     cluster: &Cluster,
     pod: &cluster::Pod,
-    node_ip: IpAddr,
-    options: &InjectOptions,
+    node_ips: &[IpAddr],
+    webhook: Webhook,
     force: bool,
 ) -> anyhow::Result<Option<Injected>> {
-    let api = api_pod(pod, node_ip, force)?;
+    let api = api_pod(pod, node_ip_for(pod, node_ips), force)?;
+    let options = options(pod, node_ips, webhook);
     let ns = cluster
         .namespace(&pod.namespace)
         .map(api_namespace)
         .transpose()?;
-    let patch = match inject::review(&api, ns.as_ref(), options) {
+    let patch = match inject::review(&api, ns.as_ref(), &options) {
         Decision::Leave { .. } => return Ok(None),
         Decision::Refuse { message } => bail!("the webhook refuses {message}"),
         Decision::Inject { patch, .. } => patch,
@@ -134,8 +155,8 @@ pub fn review(
 pub struct Facts<'a> {
     /// The pod.
     pub pod: &'a cluster::Pod,
-    /// Its node.
-    pub node_ip: IpAddr,
+    /// Its node's addresses, primary first.
+    pub node_ips: &'a [IpAddr],
 }
 
 impl Facts<'_> {
@@ -151,7 +172,8 @@ impl Facts<'_> {
             "metadata.namespace" => self.pod.namespace.clone(),
             "status.podIP" => self.pod.ips.first()?.to_string(),
             "status.podIPs" => join(&self.pod.ips),
-            "status.hostIP" | "status.hostIPs" => self.node_ip.to_string(),
+            "status.hostIP" => node_ip_for(self.pod, self.node_ips).to_string(),
+            "status.hostIPs" => join(self.node_ips),
             _ => return None,
         })
     }

@@ -28,8 +28,8 @@ use palisade_policy::manifest::Report;
 use palisade_policy::ports::Protocol;
 use palisade_policy::simulate::{simulate_with_self, SimFlow};
 
-use network::Network;
 use injection::{Facts, Injected};
+use network::Network;
 use processes::Processes;
 pub use processes::ProxyOptions;
 
@@ -348,7 +348,9 @@ impl Lab {
     fn run_probe(
         &self,
         pod: &str,
-        which: fn(&k8s_openapi::api::core::v1::Container) -> &Option<k8s_openapi::api::core::v1::Probe>,
+        which: fn(
+            &k8s_openapi::api::core::v1::Container,
+        ) -> &Option<k8s_openapi::api::core::v1::Probe>,
     ) -> anyhow::Result<bool> {
         let p = self.pod(pod)?;
         let spec = self
@@ -575,7 +577,8 @@ impl Lab {
             pod: &p,
             node_ips: &node_ips,
         };
-        self.processes.start_proxy(ns, &spec.proxy, &facts, options)?;
+        self.processes
+            .start_proxy(ns, &spec.proxy, &facts, options)?;
         self.specs.insert(pod.to_owned(), spec);
         let start = Instant::now();
         // The admin server starts once every listener is open.
