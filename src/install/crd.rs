@@ -5,6 +5,7 @@
 //! silently widen the policy; the validating webhook and the controller reject it instead,
 //! naming the field.
 
+use palisade_policy::manifest::{UNSUPPORTED_EGRESS_FIELDS, UNSUPPORTED_INGRESS_FIELDS};
 use serde_json::{json, Map, Value};
 
 /// The CRD's name.
@@ -176,23 +177,9 @@ fn rule(ingress: bool) -> Value {
         ),
     ];
     let refused_keys: &[&str] = if ingress {
-        &[
-            "fromRequires",
-            "fromServices",
-            "fromGroups",
-            "fromNodes",
-            "icmps",
-            "authentication",
-        ]
+        &UNSUPPORTED_INGRESS_FIELDS
     } else {
-        &[
-            "toRequires",
-            "toServices",
-            "toGroups",
-            "toNodes",
-            "icmps",
-            "authentication",
-        ]
+        &UNSUPPORTED_EGRESS_FIELDS
     };
     if !ingress {
         props.push((

@@ -344,14 +344,8 @@ impl Lab {
         Ok(())
     }
 
-    /// Runs one of a pod's proxy probes, as the kubelet would: whether it passed.
-    fn run_probe(
-        &self,
-        pod: &str,
-        which: fn(
-            &k8s_openapi::api::core::v1::Container,
-        ) -> &Option<k8s_openapi::api::core::v1::Probe>,
-    ) -> anyhow::Result<bool> {
+    /// An injected pod, its patched containers, and what the downward API tells them.
+    fn injected_pod(&self, pod: &str) -> anyhow::Result<(&Pod, &Injected, Facts<'_>)> {
         let p = self.pod(pod)?;
         let spec = self
             .specs
@@ -361,6 +355,18 @@ impl Lab {
             pod: p,
             node_ips: &self.network.node_ips,
         };
+        Ok((p, spec, facts))
+    }
+
+    /// Runs one of a pod's proxy probes, as the kubelet would: whether it passed.
+    fn run_probe(
+        &self,
+        pod: &str,
+        which: fn(
+            &k8s_openapi::api::core::v1::Container,
+        ) -> &Option<k8s_openapi::api::core::v1::Probe>,
+    ) -> anyhow::Result<bool> {
+        let (p, spec, facts) = self.injected_pod(pod)?;
         Ok(injection::probe(
             self.network.netns_of(p),
             &self.options.binary,
@@ -530,17 +536,9 @@ impl Lab {
     /// Runs `palisade init` in an injected pod again, as a restarted init container would:
     /// it puts back whatever was changed in its rules.
     pub fn install_rules(&self, pod: &str) -> anyhow::Result<()> {
-        let p = self.pod(pod)?;
-        let ns = self.network.netns_of(p);
-        let spec = self
-            .specs
-            .get(pod)
-            .ok_or_else(|| anyhow!("pod {pod} has no proxy"))?;
-        let facts = Facts {
-            pod: p,
-            node_ips: &self.network.node_ips,
-        };
-        self.processes.init(ns, &spec.init, &facts)?;
+        let (p, spec, facts) = self.injected_pod(pod)?;
+        self.processes
+            .init(self.network.netns_of(p), &spec.init, &facts)?;
         Ok(())
     }
 

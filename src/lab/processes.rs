@@ -199,8 +199,6 @@ impl Drop for Processes {
     }
 }
 
-/// Addresses as a comma-separated list, as flags and the downward API give them.
-
 fn path_str(p: &Path) -> io::Result<&str> {
     p.to_str().ok_or_else(|| {
         io::Error::new(

@@ -20,6 +20,25 @@ const POD_NAMESPACE_KEY: &str = "io.kubernetes.pod.namespace";
 /// The prefix Cilium uses for a namespace's labels.
 const NAMESPACE_LABELS_PREFIX: &str = "io.cilium.k8s.namespace.labels.";
 
+/// Fields of a CiliumNetworkPolicy ingress rule that palisade refuses rather than ignore.
+pub const UNSUPPORTED_INGRESS_FIELDS: [&str; 6] = [
+    "fromRequires",
+    "fromServices",
+    "fromGroups",
+    "fromNodes",
+    "icmps",
+    "authentication",
+];
+/// Fields of an egress rule that palisade refuses rather than ignore.
+pub const UNSUPPORTED_EGRESS_FIELDS: [&str; 6] = [
+    "toRequires",
+    "toServices",
+    "toGroups",
+    "toNodes",
+    "icmps",
+    "authentication",
+];
+
 pub(crate) fn policy(obj: &Field<'_>, meta: &Meta, kind: PolicyKind, audit: bool) -> Vec<Policy> {
     obj.only(
         &["apiVersion", "kind", "metadata", "spec", "specs", "status"],
@@ -132,22 +151,8 @@ fn rule(r: &Field<'_>, dir: Direction, ns: &str) -> Rule {
         known.push("toFQDNs");
     }
     let unsupported: &[&str] = match dir {
-        Direction::Ingress => &[
-            "fromRequires",
-            "fromServices",
-            "fromGroups",
-            "fromNodes",
-            "icmps",
-            "authentication",
-        ],
-        Direction::Egress => &[
-            "toRequires",
-            "toServices",
-            "toGroups",
-            "toNodes",
-            "icmps",
-            "authentication",
-        ],
+        Direction::Ingress => &UNSUPPORTED_INGRESS_FIELDS,
+        Direction::Egress => &UNSUPPORTED_EGRESS_FIELDS,
     };
     for key in unsupported {
         let f = r.get(key);

@@ -9,6 +9,7 @@ mod netpol;
 
 use std::fmt;
 
+pub use cilium::{UNSUPPORTED_EGRESS_FIELDS, UNSUPPORTED_INGRESS_FIELDS};
 pub use field::FieldError;
 
 use crate::cluster::{Cluster, EndpointSlice, Namespace, Pod, Service, MODE_ANNOTATION};
