@@ -87,7 +87,8 @@ fn recvmsg_original(fd: i32, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, S
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
     msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = size_of::<[u64; 16]>();
+    // The field's type differs between C libraries (size_t in glibc, socklen_t in musl).
+    msg.msg_controllen = size_of::<[u64; 16]>() as _;
     // SAFETY: every pointer in `msg` refers to a buffer that outlives the call.
     let n = unsafe { libc::recvmsg(fd, &mut msg, 0) };
     if n < 0 {
@@ -110,7 +111,8 @@ fn recvmsg_original(fd: i32, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, S
             let is_v4 = c.cmsg_level == libc::SOL_IP && c.cmsg_type == libc::IP_ORIGDSTADDR;
             let is_v6 = c.cmsg_level == libc::SOL_IPV6 && c.cmsg_type == libc::IPV6_ORIGDSTADDR;
             if is_v4 || is_v6 {
-                let len = c.cmsg_len - libc::CMSG_LEN(0) as usize;
+                #[allow(clippy::unnecessary_cast)] // u32 in musl
+                let len = c.cmsg_len as usize - libc::CMSG_LEN(0) as usize;
                 dst = sockaddr_to_std(libc::CMSG_DATA(cmsg).cast(), len as libc::socklen_t);
             }
             cmsg = libc::CMSG_NXTHDR(&msg, cmsg);

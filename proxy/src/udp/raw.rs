@@ -161,7 +161,8 @@ fn send_parts(fd: i32, dst: SocketAddr, header: &[u8], payload: &[u8]) -> io::Re
     msg.msg_name = sockaddr.as_ptr() as *mut _;
     msg.msg_namelen = sockaddr.len();
     msg.msg_iov = iov.as_mut_ptr();
-    msg.msg_iovlen = iov.len();
+    // size_t in glibc, int in musl.
+    msg.msg_iovlen = iov.len() as _;
     // SAFETY: see above; the call does not retain any pointer.
     if unsafe { libc::sendmsg(fd, &msg, 0) } < 0 {
         return Err(io::Error::last_os_error());
