@@ -371,16 +371,20 @@ fn annotations_become_init_and_proxy_options() {
     assert_eq!(value(&init, "PALISADE_ALLOW_ICMP"), Some("true"));
     let proxy = env(container(&inits, "palisade-proxy"));
     assert_eq!(value(&proxy, "PALISADE_FAIL_MODE"), Some("open"));
+    assert_eq!(value(&proxy, "PALISADE_OPAQUE_PORTS"), Some("3306"));
+    assert!(value(&proxy, "PALISADE_LOG_ALLOWED").is_none());
 
     // The installation's fail mode applies when the pod says nothing.
     let mut open = options(SidecarKind::Native);
     open.fail_mode = palisade_controller::inject::FailMode::Open;
     open.hold = Some("2s".into());
+    open.log_allowed = true;
     let out = inject(&pod(json!({}), json!({})), Some(&injected_ns()), &open);
     let inits = out.spec.unwrap().init_containers.unwrap();
     let proxy = env(container(&inits, "palisade-proxy"));
     assert_eq!(value(&proxy, "PALISADE_FAIL_MODE"), Some("open"));
     assert_eq!(value(&proxy, "PALISADE_HOLD"), Some("2s"));
+    assert_eq!(value(&proxy, "PALISADE_LOG_ALLOWED"), Some("true"));
 }
 
 #[test]

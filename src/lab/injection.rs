@@ -44,6 +44,8 @@ pub struct Webhook {
     pub hold: std::time::Duration,
     /// Their fail mode is open.
     pub fail_open: bool,
+    /// They log allowed flows too.
+    pub log_allowed: bool,
 }
 
 /// The node's address of the pod's own family (the first one if it has none).
@@ -72,6 +74,7 @@ fn options(pod: &cluster::Pod, node_ips: &[IpAddr], webhook: Webhook) -> InjectO
     } else {
         FailMode::Closed
     };
+    o.log_allowed = webhook.log_allowed;
     o
 }
 

@@ -262,6 +262,7 @@ impl Lab {
         let webhook = injection::Webhook {
             hold: options.hold,
             fail_open: false,
+            log_allowed: options.log_allowed,
         };
         let mut specs: BTreeMap<String, Injected> = BTreeMap::new();
         for pod in &cluster.pods {
@@ -568,6 +569,7 @@ impl Lab {
         let webhook = injection::Webhook {
             hold: options.hold,
             fail_open: options.fail_open,
+            log_allowed: options.log_allowed,
         };
         let spec = injection::review(&self.cluster, &p, &node_ips, webhook, true)?
             .ok_or_else(|| anyhow!("pod {pod} cannot have a proxy"))?;

@@ -117,9 +117,14 @@ pub const OPTIONS: &[Opt] = &[
     setting(Part::Proxy, "PALISADE_DNS_UPSTREAMS", |s, _| {
         s.dns_servers()
     }),
+    setting(Part::Proxy, "PALISADE_OPAQUE_PORTS", |s, _| {
+        s.opaque_ports.clone()
+    }),
+    setting(Part::Proxy, "PALISADE_LOG_ALLOWED", |_, o| {
+        o.log_allowed.then(|| "true".into())
+    }),
     // Issue 7 (stream) adds here: the CA file and the projected token's path, with their
-    // volumes in `volumes()`. Issue 8 adds PALISADE_OPAQUE_PORTS from
-    // palisade.dev/opaque-ports.
+    // volumes in `volumes()`.
 ];
 
 /// The environment of one container, from [`OPTIONS`].

@@ -29,6 +29,8 @@ pub struct InjectOptions {
     /// How long proxies hold new flows before their first policy (the proxy's default if
     /// `None`).
     pub hold: Option<String>,
+    /// Whether proxies log allowed flows and requests too, not only denied ones.
+    pub log_allowed: bool,
     /// What the init container requests.
     pub init_resources: ResourceRequirements,
     /// What the proxy requests.
@@ -45,6 +47,7 @@ impl InjectOptions {
             sidecar,
             fail_mode: FailMode::Closed,
             hold: None,
+            log_allowed: false,
             init_resources: containers::default_resources(containers::Part::Init),
             proxy_resources: containers::default_resources(containers::Part::Proxy),
         }
