@@ -12,8 +12,8 @@ RUN cargo build --release --locked --target x86_64-unknown-linux-musl --bin pali
  && install -D target/x86_64-unknown-linux-musl/release/palisade /out/usr/local/bin/palisade \
  # The proxy runs as uid 2190 and needs CAP_NET_RAW for UDP (transparent and raw
  # sockets): permitted, not effective, so that the controller, which drops every
- # capability, can still run the same binary. The proxy must raise it into its effective
- # set at start (not written yet: see README, "Capabilities").
+ # capability, can still run the same binary. The proxy raises it into its effective set
+ # at start (README, "Capabilities"); the lab gives its copy of the binary the same.
  && setcap cap_net_raw=p /out/usr/local/bin/palisade
 
 # 2. iptables and ip for `palisade init`, with exactly the libraries they load, copied

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
+use palisade_proxy::capability::NetRaw;
 use palisade_proxy::config::HttpLimits;
 use palisade_proxy::controller_address::ControllerAddress;
 use palisade_proxy::{Config, FailMode};
@@ -97,6 +98,17 @@ enum Fail {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     crate::logging::init();
+    // Before the runtime starts its threads, which inherit this thread's capabilities.
+    match palisade_proxy::capability::raise_net_raw() {
+        Ok(NetRaw::Raised) => tracing::info!("CAP_NET_RAW raised from the permitted set"),
+        Ok(NetRaw::Effective) => {}
+        Ok(NetRaw::Missing) => tracing::warn!(
+            "CAP_NET_RAW is not permitted: UDP other than DNS stays dropped and the app sees \
+             inbound connections from the pod's own address (add NET_RAW to the container and \
+             leave privilege escalation allowed so the binary's file capability applies)"
+        ),
+        Err(e) => tracing::warn!(error = %e, "cannot read or raise CAP_NET_RAW"),
+    }
     let dns_upstreams = if args.dns_upstreams.is_empty() {
         std::fs::read_to_string("/etc/resolv.conf")
             .map(|t| palisade_proxy::config::nameservers(&t))

@@ -695,6 +695,14 @@ fn callers(lab: &Lab, pod: &str, protocol: Protocol, since: usize) -> Vec<IpAddr
 #[test]
 fn the_app_sees_its_clients_own_addresses_through_one_and_two_hops() {
     let mut lab = bypass_lab();
+    // The proxy runs as uid 2190 with NET_RAW only in its bounding set and as the binary's
+    // permitted file capability, as on a cluster: it raised the capability itself.
+    assert!(
+        lab.proxy_log("x/guarded")
+            .contains("CAP_NET_RAW raised from the permitted set"),
+        "{}",
+        lab.proxy_log("x/guarded")
+    );
     assert_eq!(
         metric(&lab, "x/guarded", "palisade_inbound_transparent", &[]),
         1.0
@@ -794,6 +802,7 @@ fn the_app_sees_its_clients_own_addresses_through_one_and_two_hops() {
         2.0
     );
     let log = lab.proxy_log("x/guarded");
+    assert!(log.contains("CAP_NET_RAW is not permitted"), "{log}");
     assert_eq!(
         log.matches("cannot connect to the app from the clients' own addresses")
             .count(),

@@ -45,6 +45,7 @@ macro_rules! write_through {
 }
 
 pub mod admin;
+pub mod capability;
 pub mod client;
 pub mod config;
 pub mod controller_address;

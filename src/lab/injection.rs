@@ -272,15 +272,14 @@ pub fn command(
         .map(|c| format!("+{}", c.to_ascii_lowercase()))
         .collect();
     if drop_all {
-        // Only the added capabilities exist for the container; a runtime gives a non-root
-        // process those through the image's file capabilities, the lab as ambient ones.
+        // Only the added capabilities exist for the container, as its bounding set: root
+        // gets them at exec, a non-root process only through the image binary's file
+        // capabilities (the runtime grants no ambient ones), as on a cluster.
         let set = std::iter::once("-all".to_owned())
             .chain(add.iter().cloned())
             .collect::<Vec<_>>()
             .join(",");
         setpriv.push(format!("--bounding-set={set}"));
-        setpriv.push(format!("--inh-caps={set}"));
-        setpriv.push(format!("--ambient-caps={set}"));
     } else if !add.is_empty() {
         bail!(
             "container {}: the lab only runs containers that drop ALL capabilities",

@@ -370,7 +370,7 @@ impl Lab {
         let (p, spec, facts) = self.injected_pod(pod)?;
         Ok(injection::probe(
             self.network.netns_of(p),
-            &self.options.binary,
+            self.processes.image(),
             &spec.proxy,
             which(&spec.proxy),
             &facts,

@@ -7,7 +7,7 @@ use std::fs::File;
 use std::io;
 use std::net::{Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::bail;
@@ -36,9 +36,16 @@ pub struct ProxyOptions {
     pub log_allowed: bool,
 }
 
+/// The file capabilities of the palisade binary in the image (see the Dockerfile): NET_RAW
+/// permitted, not effective, which the proxy raises at start. Container runtimes give a
+/// non-root process no capability of its own, so this is how the proxy, as uid 2190, gets
+/// the one it needs; the lab's pods run a copy of the binary carrying the same.
+pub const IMAGE_FILE_CAPABILITIES: &str = "cap_net_raw=p";
+
 /// The running parts, and where their logs go.
 pub struct Processes {
     binary: PathBuf,
+    image: PathBuf,
     logs: PathBuf,
     controller: Option<Child>,
     proxies: BTreeMap<String, Child>,
@@ -50,15 +57,42 @@ fn stop(mut child: Child) {
 }
 
 impl Processes {
-    /// Nothing running yet; logs go under `logs`.
+    /// Nothing running yet; logs go under `logs`, and so does the copy of `binary` that
+    /// stands for the image's (see [`IMAGE_FILE_CAPABILITIES`]).
     pub fn new(binary: PathBuf, logs: PathBuf) -> io::Result<Self> {
         std::fs::create_dir_all(&logs)?;
+        let image = logs.join("palisade-image");
+        std::fs::copy(&binary, &image)?;
+        let setcap = Command::new("setcap")
+            .arg(IMAGE_FILE_CAPABILITIES)
+            .arg(&image)
+            .output()
+            .map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("cannot run setcap (Debian's libcap2-bin): {e}"),
+                )
+            })?;
+        if !setcap.status.success() {
+            return Err(io::Error::other(format!(
+                "setcap {IMAGE_FILE_CAPABILITIES} {}: {}",
+                image.display(),
+                String::from_utf8_lossy(&setcap.stderr).trim()
+            )));
+        }
         Ok(Self {
             binary,
+            image,
             logs,
             controller: None,
             proxies: BTreeMap::new(),
         })
+    }
+
+    /// The palisade binary the pods' containers run: a copy carrying the image's file
+    /// capabilities.
+    pub fn image(&self) -> &Path {
+        &self.image
     }
 
     fn log(&self, name: &str) -> io::Result<File> {
@@ -110,7 +144,7 @@ impl Processes {
 
     /// Runs the pod's init container, as the kubelet would.
     pub fn init(&self, ns: &Netns, init: &Container, facts: &Facts<'_>) -> anyhow::Result<()> {
-        let output = injection::command(ns, &self.binary, init, facts, &[])?
+        let output = injection::command(ns, &self.image, init, facts, &[])?
             .stdin(Stdio::null())
             .output()?;
         if !output.status.success() {
@@ -150,7 +184,7 @@ impl Processes {
                 caps.add = Some(Vec::new());
             }
         }
-        let child = injection::command(ns, &self.binary, &proxy, facts, &wrap)?
+        let child = injection::command(ns, &self.image, &proxy, facts, &wrap)?
             .stdin(Stdio::null())
             .stdout(File::create(self.flow_log(&key))?)
             .stderr(
