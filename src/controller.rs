@@ -1,4 +1,6 @@
-//! `palisade controller`: compiles every pod's policy and streams it to the pod's proxy.
+//! `palisade controller`: compiles every pod's policy and streams it to the pod's proxy, from
+//! the Kubernetes API (the default) or from manifest files (`--source`); serves the
+//! admission webhooks when asked.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -10,19 +12,42 @@ use palisade_controller::heartbeat::Replica;
 use palisade_controller::inject::{InjectOptions, SidecarKind};
 use palisade_controller::tls::CertFiles;
 use palisade_controller::webhook::Webhook;
-use palisade_controller::Config;
+use palisade_controller::{Config, Source};
 
 /// Arguments of `palisade controller`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Manifest files or folders to read, and read again when they change.
-    #[arg(long, env = "PALISADE_SOURCE", required = true, value_delimiter = ',')]
+    /// Manifest files or folders to read, and read again when they change, instead of the
+    /// Kubernetes API.
+    #[arg(long, env = "PALISADE_SOURCE", value_delimiter = ',')]
     source: Vec<PathBuf>,
-    /// Where proxies connect for their policy streams (HTTP/2); the default takes every
-    /// address of both families, so that IPv6-only and dual-stack clusters reach it.
+    /// Where proxies connect for their policy streams (HTTP/2 over TLS); the default takes
+    /// every address of both families, so that IPv6-only and dual-stack clusters reach it.
     #[arg(long, env = "PALISADE_LISTEN", default_value = "[::]:7443")]
     listen: SocketAddr,
-    /// Where /metrics and /healthz are served.
+    /// The policy stream's certificate chain (PEM); read again when it changes.
+    #[arg(
+        long,
+        env = "PALISADE_TLS_CERT",
+        default_value = "/etc/palisade/tls/tls.crt"
+    )]
+    tls_cert: PathBuf,
+    /// The certificate's key (PEM).
+    #[arg(
+        long,
+        env = "PALISADE_TLS_KEY",
+        default_value = "/etc/palisade/tls/tls.key"
+    )]
+    tls_key: PathBuf,
+    /// With --source: a file of `token,namespace/pod` lines saying which token is which
+    /// pod's (with the Kubernetes API, tokens are checked by TokenReview instead).
+    #[arg(long, env = "PALISADE_TOKENS")]
+    tokens: Option<PathBuf>,
+    /// How long a policy stream lasts before its proxy reconnects and presents its token
+    /// again (a tenth more or less, so that proxies spread over the replicas again).
+    #[arg(long, env = "PALISADE_MAX_STREAM_AGE", default_value = "30m", value_parser = humantime::parse_duration)]
+    max_stream_age: Duration,
+    /// Where /metrics, /healthz and /readyz are served.
     #[arg(long, env = "PALISADE_METRICS", default_value = "0.0.0.0:9090")]
     metrics: SocketAddr,
     /// How often the source folder is checked for changes.
@@ -46,6 +71,14 @@ pub struct Args {
     /// Its pull policy (the cluster's default if not given).
     #[arg(long, env = "PALISADE_IMAGE_PULL_POLICY")]
     image_pull_policy: Option<String>,
+    /// The CA (PEM file) injected proxies trust for the policy stream; it goes into their
+    /// environment.
+    #[arg(
+        long,
+        env = "PALISADE_STREAM_CA",
+        default_value = "/etc/palisade/tls/ca.crt"
+    )]
+    stream_ca: PathBuf,
     /// The policy stream as injected proxies reach it.
     #[arg(
         long,
@@ -115,13 +148,10 @@ async fn native_sidecars(client: &kube::Client) -> anyhow::Result<bool> {
     Ok(version >= NATIVE_SIDECARS_SINCE)
 }
 
-async fn kube_client() -> anyhow::Result<kube::Client> {
-    kube::Client::try_default()
-        .await
-        .context("no Kubernetes API configuration (in-cluster or kubeconfig)")
-}
-
-async fn webhook(args: &Args) -> anyhow::Result<Option<palisade_controller::WebhookConfig>> {
+async fn webhook(
+    args: &Args,
+    client: Option<&kube::Client>,
+) -> anyhow::Result<Option<palisade_controller::WebhookConfig>> {
     let (Some(listen), Some(cert), Some(key), Some(image)) = (
         args.webhook_listen,
         &args.webhook_cert,
@@ -130,10 +160,7 @@ async fn webhook(args: &Args) -> anyhow::Result<Option<palisade_controller::Webh
     ) else {
         return Ok(None);
     };
-    let client = match args.native_sidecars {
-        NativeSidecars::Auto => Some(kube_client().await?),
-        _ => kube_client().await.ok(),
-    };
+    let client = client.cloned();
     let native = match args.native_sidecars {
         NativeSidecars::Always => true,
         NativeSidecars::Never => false,
@@ -148,6 +175,12 @@ async fn webhook(args: &Args) -> anyhow::Result<Option<palisade_controller::Webh
     };
     let mut inject = InjectOptions::new(image.clone(), args.stream_url.clone(), sidecar);
     inject.pull_policy = args.image_pull_policy.clone();
+    inject.ca = Some(std::fs::read_to_string(&args.stream_ca).with_context(|| {
+        format!(
+            "reading the CA injected proxies trust, {}",
+            args.stream_ca.display()
+        )
+    })?);
     inject.fail_mode = match args.fail_mode {
         FailMode::Closed => palisade_controller::inject::FailMode::Closed,
         FailMode::Open => palisade_controller::inject::FailMode::Open,
@@ -163,27 +196,44 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     crate::logging::init();
     let runtime = crate::logging::runtime(args.threads)?;
     runtime.block_on(async {
-        let webhook = webhook(&args).await?;
         let heartbeat = match (&args.replica_pod, &args.replica_namespace) {
-            (Some(pod), Some(namespace)) => Some((
-                kube_client().await?,
-                Replica {
-                    namespace: namespace.clone(),
-                    pod: pod.clone(),
-                    pod_uid: args.replica_pod_uid.clone(),
-                },
-            )),
+            (Some(pod), Some(namespace)) => Some(Replica {
+                namespace: namespace.clone(),
+                pod: pod.clone(),
+                pod_uid: args.replica_pod_uid.clone(),
+            }),
             _ => None,
         };
+        // One client for the source, the TokenReviews, the webhooks and the heartbeat.
+        let needs_client = args.source.is_empty()
+            || heartbeat.is_some()
+            || (args.webhook_listen.is_some() && args.native_sidecars == NativeSidecars::Auto);
+        let client = match needs_client {
+            true => Some(palisade_controller::kubernetes::client().await?),
+            // The webhooks use a client when there is one.
+            false => palisade_controller::kubernetes::client().await.ok(),
+        };
+        let webhook = webhook(&args, client.as_ref()).await?;
+        let source = if args.source.is_empty() {
+            Source::Kubernetes
+        } else {
+            Source::Folder {
+                paths: args.source,
+                poll: args.poll,
+            }
+        };
         let config = Config {
-            source: args.source,
+            source,
             listen: args.listen,
             metrics: Some(args.metrics),
-            poll: args.poll,
+            tls_cert: args.tls_cert,
+            tls_key: args.tls_key,
+            tokens: args.tokens,
+            max_stream_age: args.max_stream_age,
             webhook,
             heartbeat,
         };
-        palisade_controller::run(config)
+        palisade_controller::run_with(config, client)
             .await
             .context("the controller stopped")
     })?;

@@ -2,12 +2,13 @@
 //! injector sets (`PALISADE_*`, and the downward API's pod name, namespace and addresses).
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
 use palisade_proxy::capability::NetRaw;
-use palisade_proxy::config::HttpLimits;
+use palisade_proxy::config::{CaSource, HttpLimits};
 use palisade_proxy::controller_address::ControllerAddress;
 use palisade_proxy::{Config, FailMode};
 
@@ -28,11 +29,35 @@ pub struct Args {
     /// injectors that set only this.
     #[arg(long, env = "PALISADE_HOST_IP")]
     host_ip: Option<IpAddr>,
-    /// The controller's policy stream: `http://HOST:PORT`, `HOST:PORT` or `HOST`, where
+    /// The controller's policy stream: `https://HOST:PORT`, `HOST:PORT` or `HOST`, where
     /// HOST is a DNS name, an IPv4 address or an IPv6 address in brackets
-    /// (`http://[fd00::1]:7443`); the port defaults to 7443.
-    #[arg(long, env = "PALISADE_CONTROLLER")]
-    controller: ControllerAddress,
+    /// (`https://[fd00::1]:7443`); the port defaults to 7443. Several, comma-separated, are
+    /// tried in turn, and so is every address a name resolves to.
+    #[arg(
+        long,
+        env = "PALISADE_CONTROLLER",
+        required = true,
+        value_delimiter = ','
+    )]
+    controller: Vec<ControllerAddress>,
+    /// The CA that signs the controller's certificate, as PEM text (the injector sets it).
+    #[arg(long, env = "PALISADE_CA", conflicts_with = "ca_file")]
+    ca: Option<String>,
+    /// The CA that signs the controller's certificate, as a PEM file.
+    #[arg(
+        long,
+        env = "PALISADE_CA_FILE",
+        default_value = "/var/run/secrets/palisade/ca.crt"
+    )]
+    ca_file: PathBuf,
+    /// The pod's projected ServiceAccount token (audience palisade), read again at every
+    /// connection so that a rotated token is used.
+    #[arg(
+        long,
+        env = "PALISADE_TOKEN_FILE",
+        default_value = "/var/run/secrets/palisade/token"
+    )]
+    token_file: PathBuf,
     /// Port of the outbound listener.
     #[arg(long, env = "PALISADE_OUTBOUND_PORT", default_value_t = 7401)]
     outbound_port: u16,
@@ -124,7 +149,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             ips.extend(args.host_ip.filter(|ip| !ips.contains(ip)));
             ips
         },
-        controller: args.controller,
+        controllers: args.controller,
+        ca: match args.ca {
+            Some(pem) => CaSource::Pem(pem),
+            None => CaSource::File(args.ca_file),
+        },
+        token_file: args.token_file,
         outbound_port: args.outbound_port,
         inbound_port: args.inbound_port,
         dns_port: args.dns_port,

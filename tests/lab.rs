@@ -985,15 +985,37 @@ fn clients_that_send_nothing_do_not_stall_the_proxy() {
     drop(silent);
 }
 
-/// A controller that sends one good policy, then garbage, on every stream.
+/// A controller (TLS with the lab's certificate, any token) that sends one good policy,
+/// then garbage, on every stream.
 fn serve_bad_stream(lab: &Lab, pod: &str, then: &'static [u8]) -> io::Result<()> {
     use palisade_policy::compile::Compiler;
-    use palisade_policy::compiled::Versioned;
+    use palisade_policy::wire::{self, Sent};
     let (ns, name) = pod.split_once('/').unwrap();
     let target = lab.cluster().pod(ns, name).unwrap();
-    let policy = Compiler::new(lab.cluster()).compile(target);
-    let mut good = serde_json::to_vec(&Versioned { version: 7, policy }).unwrap();
-    good.push(b'\n');
+    let compiler = Compiler::new(lab.cluster());
+    let body = std::sync::Arc::new(compiler.body(target));
+    let services = compiler
+        .service_entries()
+        .iter()
+        .map(|(k, e)| wire::service(k, Some(e)))
+        .collect();
+    let update = Sent::default()
+        .next(
+            7,
+            &body,
+            |id| compiler.set(id).cloned(),
+            |id| compiler.map(id).cloned(),
+            services,
+        )
+        .unwrap();
+    let good = wire::encode(&update);
+    let credentials = lab.credentials();
+    let mut tls =
+        palisade_controller::tls::CertFiles::new(credentials.cert.clone(), credentials.key.clone())
+            .map_err(io::Error::other)?
+            .server_config();
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    let tls = std::sync::Arc::new(tls);
     let node_ip = target.host_ips[0];
     let listener = lab
         .node()
@@ -1001,18 +1023,25 @@ fn serve_bad_stream(lab: &Lab, pod: &str, then: &'static [u8]) -> io::Result<()>
     listener.set_nonblocking(true)?;
     let _inside = lab.runtime().enter();
     let listener = tokio::net::TcpListener::from_std(listener)?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     lab.runtime().spawn(async move {
         use http_body_util::{BodyExt, Full};
         use hyper::service::service_fn;
         while let Ok((stream, _)) = listener.accept().await {
+            let Ok(stream) = acceptor.accept(stream).await else {
+                continue;
+            };
             let good = good.clone();
             let service = service_fn(move |_req| {
                 let mut body = good.clone();
                 body.extend_from_slice(then);
                 async move {
-                    Ok::<_, std::convert::Infallible>(hyper::Response::new(
-                        Full::new(bytes::Bytes::from(body)).boxed(),
-                    ))
+                    let mut r = hyper::Response::new(Full::new(bytes::Bytes::from(body)).boxed());
+                    r.headers_mut().insert(
+                        "content-type",
+                        hyper::header::HeaderValue::from_static(wire::MEDIA_TYPE),
+                    );
+                    Ok::<_, std::convert::Infallible>(r)
                 }
             });
             tokio::spawn(
@@ -1031,7 +1060,8 @@ fn a_controller_that_sends_garbage_changes_nothing() {
     serve_bad_stream(
         &lab,
         "x/b",
-        b"{\"version\": 8, \"policy\": \"not a policy\"}\nthis is not json\n",
+        // A frame of five bytes that are not MessagePack.
+        b"\x00\x00\x00\x05\xc1\xc1\xc1\xc1\xc1",
     )
     .expect("the fake controller");
     let errors = eventually(Duration::from_secs(5), || {

@@ -1,14 +1,19 @@
-//! palisade-controller: reads the cluster's state, compiles each pod's policy, and streams
-//! it to that pod's proxy, a new version on every change.
+//! palisade-controller: reads the cluster's state (from the Kubernetes API, or a folder of
+//! manifests), keeps each pod's policy compiled, and streams it to that pod's proxy over
+//! TLS, to that proxy only: a change reaches only the proxies whose policy it changed.
 //!
-//! It must never judge a flow (the proxies do, with the policy crate), and never let a bad
-//! object change what is enforced: a rejected object keeps its last valid version.
+//! It must never judge a flow (the proxies do, with the policy crate), never let a bad
+//! object change what is enforced (a rejected object keeps its last valid version), and
+//! never serve a policy to a proxy that cannot prove it runs in that pod.
 
+pub mod auth;
 pub mod folder;
 pub mod heartbeat;
 pub mod inject;
+pub mod kubernetes;
 pub mod metrics;
 pub mod server;
+pub mod source;
 pub mod store;
 pub mod tls;
 pub mod webhook;
@@ -16,25 +21,46 @@ pub mod webhook;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use palisade_policy::manifest::Report;
+use auth::{Authenticator, PodUids, StaticTokens, TokenReviewer};
 use store::Store;
+
+/// Where the cluster's objects come from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// Manifest files and folders, read again when they change.
+    Folder {
+        /// The files and folders.
+        paths: Vec<PathBuf>,
+        /// How often they are checked for changes.
+        poll: Duration,
+    },
+    /// The Kubernetes API, as the kubeconfig or the pod's ServiceAccount gives access.
+    Kubernetes,
+}
 
 /// The controller's configuration.
 pub struct Config {
-    /// Manifest files and folders to read (the folder source).
-    pub source: Vec<PathBuf>,
+    /// Where objects come from.
+    pub source: Source,
     /// Where proxies connect for their policy streams.
     pub listen: SocketAddr,
-    /// Where `/metrics` and `/healthz` are served, if anywhere.
+    /// Where `/metrics`, `/healthz` and `/readyz` are served, if anywhere.
     pub metrics: Option<SocketAddr>,
-    /// How often the folder is checked for changes.
-    pub poll: Duration,
+    /// The stream's certificate chain (PEM), read again when it changes.
+    pub tls_cert: PathBuf,
+    /// Its key (PEM).
+    pub tls_key: PathBuf,
+    /// A static token file (`token,namespace/pod` lines) for sources without an API server;
+    /// with the Kubernetes source, tokens are checked by TokenReview and this must be unset.
+    pub tokens: Option<PathBuf>,
+    /// How long a stream lasts before its proxy reconnects (presenting its token again).
+    pub max_stream_age: Duration,
     /// The admission webhooks, if this replica serves them.
     pub webhook: Option<WebhookConfig>,
-    /// The API client and who this replica is, for its heartbeat Lease.
-    pub heartbeat: Option<(kube::Client, heartbeat::Replica)>,
+    /// Who this replica is, for its heartbeat Lease (needs the Kubernetes client).
+    pub heartbeat: Option<heartbeat::Replica>,
 }
 
 /// Where and how the admission webhooks are served.
@@ -49,46 +75,100 @@ pub struct WebhookConfig {
 
 /// Why the controller could not start.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot listen on {addr}: {source}")]
-pub struct ListenError {
-    addr: SocketAddr,
-    #[source]
-    source: std::io::Error,
+pub enum Error {
+    /// An address cannot be listened on.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The certificate or key cannot be used.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// The token file cannot be used.
+    #[error("token file {0}")]
+    Tokens(#[from] auth::TokenFileError),
+    /// No Kubernetes client could be made.
+    #[error(transparent)]
+    Kubernetes(#[from] kubernetes::ClientError),
+    /// Options that do not go together.
+    #[error("{0}")]
+    Options(&'static str),
+    /// The compile thread could not start.
+    #[error("cannot start the compile thread: {0}")]
+    Thread(#[source] std::io::Error),
 }
 
-fn log_report(report: &Report) {
-    for e in &report.errors {
-        tracing::warn!("{e}");
-    }
-    for n in &report.notices {
-        tracing::info!("{n}");
-    }
+async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, Error> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Listen { addr, source })
 }
 
-/// Runs the controller until the process ends.
-pub async fn run(config: Config) -> Result<(), ListenError> {
+/// Runs the controller until the process ends, with a Kubernetes client made as
+/// [`kubernetes::client`] makes it when the source is the API.
+pub async fn run(config: Config) -> Result<(), Error> {
+    let client = match config.source {
+        Source::Kubernetes => Some(kubernetes::client().await?),
+        Source::Folder { .. } => None,
+    };
+    run_with(config, client).await
+}
+
+/// Runs the controller until the process ends, with this client for the Kubernetes source
+/// and its TokenReviews (other servers of the process share the same client).
+pub async fn run_with(config: Config, client: Option<kube::Client>) -> Result<(), Error> {
+    if matches!(config.source, Source::Kubernetes) && client.is_none() {
+        return Err(Error::Options(
+            "the Kubernetes source needs a Kubernetes client",
+        ));
+    }
     let handle = metrics::install();
     let store = Arc::new(Store::default());
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|source| ListenError {
-            addr: config.listen,
-            source,
-        })?;
-    tokio::spawn(server::serve(listener, store.clone()));
+    let mut tls =
+        tls::CertFiles::new(config.tls_cert.clone(), config.tls_key.clone())?.server_config();
+    // The policy stream is HTTP/2 only.
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    let tls = Arc::new(tls);
+    let events = source::start(store.clone()).map_err(Error::Thread)?;
+    let (auth, uids) = match (&config.source, &client, &config.tokens) {
+        (Source::Kubernetes, Some(client), None) => (
+            Authenticator::Review(Box::new(TokenReviewer::new(client.clone()))),
+            Some(Arc::new(PodUids::default())),
+        ),
+        (Source::Kubernetes, _, Some(_)) => {
+            return Err(Error::Options(
+                "--tokens is for sources without an API server: with the Kubernetes source, tokens are checked by TokenReview",
+            ))
+        }
+        (Source::Folder { .. }, _, Some(file)) => {
+            (Authenticator::Static(StaticTokens::open(file)?), None)
+        }
+        (Source::Folder { .. }, _, None) => {
+            return Err(Error::Options(
+                "the folder source needs --tokens FILE (token,namespace/pod lines) to know which proxy is which",
+            ))
+        }
+        // Checked at the start: the Kubernetes source has a client.
+        (Source::Kubernetes, None, None) => return Err(Error::Options("no Kubernetes client")),
+    };
+    let listener = bind(config.listen).await?;
+    let streams = Arc::new(server::Streams {
+        store: store.clone(),
+        auth,
+        uids: uids.clone(),
+        max_age: config.max_stream_age,
+    });
+    tokio::spawn(server::serve(listener, tls, streams));
     if let (Some(addr), Some(handle)) = (config.metrics, handle) {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|source| ListenError { addr, source })?;
-        tokio::spawn(metrics::serve(listener, handle));
+        let listener = bind(addr).await?;
+        tokio::spawn(metrics::serve(listener, handle, store.clone()));
     }
     if let Some(w) = config.webhook {
-        let listener = tokio::net::TcpListener::bind(w.listen)
-            .await
-            .map_err(|source| ListenError {
-                addr: w.listen,
-                source,
-            })?;
+        let listener = bind(w.listen).await?;
         tracing::info!(listen = %w.listen, "admission webhooks served");
         tokio::spawn(webhook::serve(
             listener,
@@ -96,50 +176,20 @@ pub async fn run(config: Config) -> Result<(), ListenError> {
             Arc::new(w.webhook),
         ));
     }
-    if let Some((client, replica)) = config.heartbeat {
+    if let (Some(replica), Some(client)) = (config.heartbeat, &client) {
         let store = store.clone();
-        tokio::spawn(heartbeat::run(client, replica, move || {
+        tokio::spawn(heartbeat::run(client.clone(), replica, move || {
             (server::open_streams(), store.pods())
         }));
     }
     tracing::info!(listen = %config.listen, source = ?config.source, "controller started");
-
-    let mut source = folder::FolderSource::new(config.source.clone());
-    loop {
-        let reload = {
-            let store = store.clone();
-            // Reading files and compiling every pod is blocking work: keep it off the
-            // threads that serve the streams.
-            tokio::task::spawn_blocking(move || {
-                if !source.changed() {
-                    return (source, None);
-                }
-                let (cluster, report) = source.read();
-                let start = Instant::now();
-                let changed = store.update(&cluster);
-                ::metrics::histogram!(metrics::COMPILE_SECONDS)
-                    .record(start.elapsed().as_secs_f64());
-                (source, Some((report, cluster.pods.len(), changed)))
-            })
-        };
-        match reload.await {
-            Ok((s, result)) => {
-                source = s;
-                if let Some((report, pods, changed)) = result {
-                    log_report(&report);
-                    let result = if report.has_errors() { "invalid" } else { "ok" };
-                    ::metrics::counter!(metrics::RELOADS, "result" => result).increment(1);
-                    ::metrics::gauge!(metrics::INVALID).set(report.errors.len() as f64);
-                    ::metrics::gauge!(metrics::PODS).set(store.pods() as f64);
-                    ::metrics::counter!(metrics::CHANGES).increment(changed as u64);
-                    tracing::info!(pods, changed, "policies compiled");
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "reading the source failed; keeping the policies in force");
-                source = folder::FolderSource::new(config.source.clone());
-            }
+    match (config.source, client, uids) {
+        (Source::Folder { paths, poll }, _, _) => source::watch_folder(paths, poll, events).await,
+        (Source::Kubernetes, Some(client), Some(uids)) => {
+            kubernetes::watch(client, events, uids).await
         }
-        tokio::time::sleep(config.poll).await;
+        // Checked at the start: the Kubernetes source has a client, hence UIDs.
+        (Source::Kubernetes, _, _) => {}
     }
+    Ok(())
 }

@@ -1,6 +1,7 @@
 //! The controller's Prometheus metrics, served with a health check on their own address.
 
 use std::convert::Infallible;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use http::{Response, StatusCode};
@@ -10,6 +11,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
+
+use crate::store::Store;
 
 /// Policy streams open now.
 pub const STREAMS: &str = "palisade_controller_streams";
@@ -23,13 +26,26 @@ pub const INVALID: &str = "palisade_controller_invalid_objects";
 pub const COMPILE_SECONDS: &str = "palisade_controller_compile_seconds";
 /// Pod policies that changed, over all reads.
 pub const CHANGES: &str = "palisade_controller_policy_changes_total";
-
+/// Stream requests refused, by reason (`no-token`, `invalid-token`, `wrong-pod`, ...).
+pub const REFUSED: &str = "palisade_controller_streams_refused_total";
+/// Bytes sent on policy streams.
+pub const STREAM_BYTES: &str = "palisade_controller_stream_bytes_total";
+/// Errors of the Kubernetes watches, by kind (each is retried with backoff).
+pub const WATCH_ERRORS: &str = "palisade_controller_watch_errors_total";
 /// Admission requests answered, by webhook (`inject`, `validate`) and result (`injected`,
 /// `left`, `refused`, `allowed`, `warned`, `error`).
 pub const WEBHOOK_REQUESTS: &str = "palisade_webhook_requests_total";
+/// Messages sent on policy streams.
+pub const STREAM_MESSAGES: &str = "palisade_controller_stream_messages_total";
 
-/// Installs the global recorder.
+/// Installs the global recorder (once per process: later calls get the same handle, so
+/// that several controllers of one process, as tests run them, all serve it).
 pub fn install() -> Option<PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE.get_or_init(install_once).clone()
+}
+
+fn install_once() -> Option<PrometheusHandle> {
     let recorder = PrometheusBuilder::new().build_recorder();
     let handle = recorder.handle();
     ::metrics::set_global_recorder(recorder).ok()?;
@@ -47,27 +63,43 @@ pub fn install() -> Option<PrometheusHandle> {
     );
     ::metrics::describe_counter!(CHANGES, "Pod policies that changed");
     ::metrics::describe_counter!(
+        REFUSED,
+        "Policy stream requests refused, by reason (no-token, invalid-token, wrong-audience, not-bound, wrong-pod, wrong-uid, unknown-pod, review-failed, starting, tls)"
+    );
+    ::metrics::describe_counter!(STREAM_BYTES, "Bytes sent on policy streams");
+    ::metrics::describe_counter!(
         WEBHOOK_REQUESTS,
         "Admission requests answered, by webhook and result"
     );
+    ::metrics::describe_counter!(
+        WATCH_ERRORS,
+        "Errors of the Kubernetes watches, by kind; each is retried with backoff"
+    );
+    ::metrics::describe_counter!(STREAM_MESSAGES, "Messages sent on policy streams");
     Some(handle)
 }
 
-/// Serves `/metrics` and `/healthz` forever.
-pub async fn serve(listener: TcpListener, handle: PrometheusHandle) {
+/// Serves `/metrics`, `/healthz` (the process answers) and `/readyz` (policies are served:
+/// the source was read whole once) forever.
+pub async fn serve(listener: TcpListener, handle: PrometheusHandle, store: Arc<Store>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             continue;
         };
-        let handle = handle.clone();
+        let (handle, store) = (handle.clone(), store.clone());
         let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
             let (status, body) = match req.uri().path() {
                 "/metrics" => (StatusCode::OK, handle.render()),
                 "/healthz" => (StatusCode::OK, "ok\n".to_owned()),
+                "/readyz" if store.ready() => (StatusCode::OK, "ready\n".to_owned()),
+                "/readyz" => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not ready: the cluster is not read yet\n".to_owned(),
+                ),
                 _ => (
                     StatusCode::NOT_FOUND,
-                    "not found: try /metrics or /healthz\n".to_owned(),
+                    "not found: try /metrics, /healthz or /readyz\n".to_owned(),
                 ),
             };
             let mut r = Response::new(Full::new(Bytes::from(body)));

@@ -1,9 +1,15 @@
-//! The policy stream server: HTTP/2, one long response per proxy on
-//! `/v1/policy/{namespace}/{name}`, carrying the pod's policy now and after every change.
+//! The policy stream server: HTTP/2 over TLS, one long response per proxy on
+//! `/v1/policy/{namespace}/{name}`, carrying a resync of the pod's policy and then what
+//! changed, as [`palisade_policy::wire`] frames them. A request must carry the pod's token
+//! (`Authorization: Bearer`); it is answered 401 (no valid token), 403 (a token for another
+//! pod) or 503 (the controller cannot tell yet) with a message that says why.
 
+use std::collections::hash_map::RandomState;
 use std::convert::Infallible;
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -13,41 +19,72 @@ use hyper::body::{Frame, Incoming};
 use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use palisade_policy::wire;
+use rustls::ServerConfig;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::WatchStream;
-use tokio_stream::StreamExt;
+use tokio_rustls::TlsAcceptor;
 
+use crate::auth::{authorize, Authenticator, PodUids, Refusal};
 use crate::metrics;
-use crate::store::Store;
+use crate::store::{Cursor, Store};
 
 type Body = BoxBody<Bytes, Infallible>;
 
+/// How long a TLS handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the stream server needs.
+pub struct Streams {
+    /// The policies.
+    pub store: Arc<Store>,
+    /// How tokens are checked.
+    pub auth: Authenticator,
+    /// The pods' UIDs, when the controller knows them (from the API).
+    pub uids: Option<Arc<PodUids>>,
+    /// How long a stream lasts before the proxy must reconnect (and present its token
+    /// again, and spread over the replicas again); a tenth more or less at random.
+    pub max_age: Duration,
+}
+
 /// Serves policy streams forever.
-pub async fn serve(listener: TcpListener, store: Arc<Store>) {
+pub async fn serve(listener: TcpListener, tls: Arc<ServerConfig>, streams: Arc<Streams>) {
+    let acceptor = TlsAcceptor::from(tls);
     loop {
-        let stream = match listener.accept().await {
-            Ok((s, _)) => s,
+        let (stream, peer) = match listener.accept().await {
+            Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot accept a proxy's connection");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
         };
         let _ = stream.set_nodelay(true);
-        let store = store.clone();
+        let (acceptor, streams) = (acceptor.clone(), streams.clone());
         tokio::spawn(async move {
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    ::metrics::counter!(metrics::REFUSED, "reason" => "tls").increment(1);
+                    tracing::info!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    ::metrics::counter!(metrics::REFUSED, "reason" => "tls").increment(1);
+                    return;
+                }
+            };
             let service = service_fn(move |req| {
-                let response = respond(&req, &store);
-                async move { Ok::<_, Infallible>(response) }
+                let streams = streams.clone();
+                async move { Ok::<_, Infallible>(respond(req, &streams).await) }
             });
             if let Err(e) = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
-                .keep_alive_interval(std::time::Duration::from_secs(10))
-                .keep_alive_timeout(std::time::Duration::from_secs(5))
-                .serve_connection(TokioIo::new(stream), service)
+                .keep_alive_interval(Duration::from_secs(10))
+                .keep_alive_timeout(Duration::from_secs(5))
+                .serve_connection(TokioIo::new(tls), service)
                 .await
             {
-                tracing::debug!(error = %e, "policy stream connection ended");
+                tracing::debug!(%peer, error = %e, "policy stream connection ended");
             }
         });
     }
@@ -56,6 +93,23 @@ pub async fn serve(listener: TcpListener, store: Arc<Store>) {
 fn plain(status: StatusCode, text: String) -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::from(text)).boxed());
     *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn refuse(pod: &str, refusal: Refusal) -> Response<Body> {
+    ::metrics::counter!(metrics::REFUSED, "reason" => refusal.reason).increment(1);
+    tracing::info!(%pod, status = %refusal.status, reason = refusal.reason, "{}", refusal.message);
+    let mut r = plain(refusal.status, format!("{}\n", refusal.message));
+    if refusal.status == StatusCode::UNAUTHORIZED {
+        r.headers_mut().insert(
+            http::header::WWW_AUTHENTICATE,
+            http::HeaderValue::from_static("Bearer realm=\"palisade\""),
+        );
+    }
     r
 }
 
@@ -85,7 +139,20 @@ impl Drop for StreamGuard {
     }
 }
 
-fn respond(req: &Request<Incoming>, store: &Store) -> Response<Body> {
+fn bearer(req: &Request<Incoming>) -> Option<&str> {
+    let value = req
+        .headers()
+        .get(http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+async fn respond(req: Request<Incoming>, streams: &Streams) -> Response<Body> {
     let Some(pod) = req.uri().path().strip_prefix("/v1/policy/") else {
         return plain(
             StatusCode::NOT_FOUND,
@@ -98,17 +165,69 @@ fn respond(req: &Request<Incoming>, store: &Store) -> Response<Body> {
             format!("{pod:?} is not namespace/name\n"),
         );
     }
+    let Some(token) = bearer(&req) else {
+        return refuse(
+            pod,
+            Refusal::unauthenticated(
+                "no-token",
+                "no bearer token: the proxy must present its pod's ServiceAccount token \
+                 (audience palisade) as Authorization: Bearer",
+            ),
+        );
+    };
+    let identity = match streams.auth.authenticate(token).await {
+        Ok(id) => id,
+        Err(refusal) => return refuse(pod, refusal),
+    };
+    if !streams.store.ready() {
+        return refuse(
+            pod,
+            Refusal {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                reason: "starting",
+                message: "the controller has not read the whole cluster yet; retry".into(),
+            },
+        );
+    }
+    if let Err(refusal) = authorize(&identity, pod, streams.uids.as_ref()) {
+        return refuse(pod, refusal);
+    }
     tracing::debug!(%pod, "proxy connected");
-    // The body ends (and the receiver goes) when the proxy goes away.
-    let guard = StreamGuard::new();
-    let lines = WatchStream::new(store.subscribe(pod)).filter_map(move |latest| {
-        let _ = &guard;
-        latest.map(|line| Ok::<_, Infallible>(Frame::data(line.json.clone())))
-    });
-    let mut r = Response::new(StreamBody::new(lines).boxed());
+    let store = streams.store.clone();
+    let rx = store.subscribe(pod);
+    let spread = RandomState::new().hash_one(pod) % 201;
+    let ends = tokio::time::Instant::now() + streams.max_age.mul_f64(0.9 + spread as f64 / 1000.0);
+    let state = (
+        store,
+        pod.to_owned(),
+        rx,
+        Cursor::default(),
+        StreamGuard::new(),
+    );
+    // The body ends (and the receiver goes) when the proxy goes away, or at its age.
+    let frames = futures_util::stream::unfold(
+        state,
+        move |(store, pod, mut rx, mut cursor, guard)| async move {
+            loop {
+                rx.borrow_and_update();
+                if let Some(update) = store.next_update(&pod, &mut cursor) {
+                    let frame = wire::encode(&update);
+                    ::metrics::counter!(metrics::STREAM_BYTES).increment(frame.len() as u64);
+                    ::metrics::counter!(metrics::STREAM_MESSAGES).increment(1);
+                    let frame = Ok::<_, Infallible>(Frame::data(Bytes::from(frame)));
+                    return Some((frame, (store, pod, rx, cursor, guard)));
+                }
+                tokio::select! {
+                    changed = rx.changed() => changed.ok()?,
+                    () = tokio::time::sleep_until(ends) => return None,
+                }
+            }
+        },
+    );
+    let mut r = Response::new(StreamBody::new(frames).boxed());
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/x-ndjson"),
+        http::HeaderValue::from_static(wire::MEDIA_TYPE),
     );
     r
 }

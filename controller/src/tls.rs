@@ -1,15 +1,26 @@
 //! Serving TLS from a certificate and key on disk (a mounted Secret), read again when
 //! they change, so a rotated certificate (cert-manager, or `palisade install` run again)
-//! is served without a restart.
+//! is served without a restart; and making that material when no cert-manager issues it
+//! (`palisade install`, `palisade lab`): a CA of the installation's own and a serving
+//! certificate signed by it.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
+};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
+use time::{Duration, OffsetDateTime};
+
+/// How long the generated CA and certificate are valid: rotating them means running
+/// `palisade install` again (or using cert-manager).
+const VALIDITY: Duration = Duration::days(3650);
 
 /// Why a certificate or key could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -109,4 +120,59 @@ impl ResolvesServerCert for CertFiles {
         }
         Some(current.2.clone())
     }
+}
+
+/// PEM texts of a generated installation.
+pub struct Material {
+    /// The CA certificate.
+    pub ca: String,
+    /// The serving certificate.
+    pub cert: String,
+    /// Its private key.
+    pub key: String,
+}
+
+fn params(names: Vec<String>, common_name: &str) -> Result<CertificateParams, rcgen::Error> {
+    let mut p = CertificateParams::new(names)?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, common_name);
+    dn.push(DnType::OrganizationName, "palisade");
+    p.distinguished_name = dn;
+    let now = OffsetDateTime::now_utc();
+    // An hour of slack for clocks behind ours.
+    p.not_before = now - Duration::hours(1);
+    p.not_after = now + VALIDITY;
+    Ok(p)
+}
+
+/// The DNS names the controller's Service answers to.
+pub fn service_names(service: &str, namespace: &str) -> Vec<String> {
+    vec![
+        format!("{service}.{namespace}.svc"),
+        format!("{service}.{namespace}.svc.cluster.local"),
+    ]
+}
+
+/// Generates a CA and a serving certificate for `names`.
+pub fn generate(names: Vec<String>) -> Result<Material, rcgen::Error> {
+    let mut ca_params = params(Vec::new(), "palisade CA")?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca_key = KeyPair::generate()?;
+    let ca = CertifiedIssuer::self_signed(ca_params, ca_key)?;
+
+    let first = names.first().cloned().unwrap_or_default();
+    let mut leaf = params(names, &first)?;
+    leaf.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let key = KeyPair::generate()?;
+    let cert = leaf.signed_by(&key, &ca)?;
+    Ok(Material {
+        ca: ca.pem(),
+        cert: cert.pem(),
+        key: key.serialize_pem(),
+    })
 }

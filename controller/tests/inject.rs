@@ -12,8 +12,12 @@ use serde_json::{json, Value};
 const IMAGE: &str = "registry.example/palisade:0.1.0";
 const CONTROLLER: &str = "https://palisade.palisade-system.svc:7443";
 
+const CA: &str = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+
 fn options(kind: SidecarKind) -> InjectOptions {
-    InjectOptions::new(IMAGE.into(), CONTROLLER.into(), kind)
+    let mut o = InjectOptions::new(IMAGE.into(), CONTROLLER.into(), kind);
+    o.ca = Some(CA.into());
+    o
 }
 
 fn namespace(labels: Value, annotations: Value) -> Namespace {
@@ -213,6 +217,17 @@ fn a_plain_pod_in_an_injected_namespace_gets_init_and_a_native_sidecar() {
     assert_eq!(sc.read_only_root_filesystem, Some(true));
     assert_eq!(caps(proxy), (vec!["NET_RAW".into()], vec!["ALL".into()]));
     let e = env(proxy);
+    // The policy stream: the CA inline, the projected token where it is mounted.
+    assert_eq!(value(&e, "PALISADE_CA"), Some(CA));
+    assert_eq!(
+        value(&e, "PALISADE_TOKEN_FILE"),
+        Some("/var/run/secrets/palisade/token")
+    );
+    let mount = &proxy.volume_mounts.as_ref().unwrap()[0];
+    assert_eq!(
+        (mount.name.as_str(), mount.mount_path.as_str(), mount.read_only),
+        ("palisade-token", "/var/run/secrets/palisade", Some(true))
+    );
     assert_eq!(
         field_ref(&e, "PALISADE_POD_NAME").as_deref(),
         Some("metadata.name")
@@ -283,7 +298,21 @@ fn a_plain_pod_in_an_injected_namespace_gets_init_and_a_native_sidecar() {
         .flatten()
         .map(|v| v.name.clone())
         .collect();
-    assert_eq!(volumes, ["palisade-run"]);
+    assert_eq!(volumes, ["palisade-run", "palisade-token"]);
+    // A token bound to the pod, for the controller's audience, rotated by the kubelet.
+    let token = spec.volumes.as_ref().unwrap()[1]
+        .projected
+        .as_ref()
+        .unwrap()
+        .sources
+        .as_ref()
+        .unwrap()[0]
+        .service_account_token
+        .clone()
+        .unwrap();
+    assert_eq!(token.audience.as_deref(), Some("palisade"));
+    assert_eq!(token.path, "token");
+    assert_eq!(token.expiration_seconds, Some(3600));
     assert_eq!(init.volume_mounts.as_ref().unwrap()[0].mount_path, "/run");
 }
 

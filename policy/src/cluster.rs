@@ -1,7 +1,7 @@
 //! The cluster state policies are compiled against: namespaces, pods, services, endpoint
 //! slices and policies, however they were read.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 
 use crate::policy::{Policy, PolicyId};
@@ -348,37 +348,28 @@ impl Cluster {
     }
 }
 
-/// Where each Service leads, found as the endpoints controller finds it, with the cluster
-/// indexed once.
-pub struct Endpoints<'c> {
-    slices: HashMap<(&'c str, &'c str), Vec<&'c EndpointSlice>>,
-    pods: HashMap<&'c str, Vec<&'c Pod>>,
-}
-
-impl<'c> Endpoints<'c> {
-    /// Indexes the cluster's EndpointSlices by Service and its pods by namespace.
-    pub fn new(cluster: &'c Cluster) -> Self {
-        let mut slices: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
-        for s in &cluster.endpoint_slices {
-            if let Some(service) = &s.service {
-                slices.entry((&s.namespace, service)).or_default().push(s);
-            }
-        }
-        let mut pods: HashMap<&str, Vec<&Pod>> = HashMap::new();
-        for p in &cluster.pods {
-            pods.entry(&p.namespace).or_default().push(p);
-        }
-        Self { slices, pods }
+impl Service {
+    /// Whether the Service's selector picks `pod` (a Service without a selector, or with an
+    /// empty one, picks no pod: its endpoints are managed by hand).
+    pub fn selects(&self, pod: &Pod) -> bool {
+        self.selector.as_ref().is_some_and(|s| {
+            !s.is_empty()
+                && pod.namespace == self.namespace
+                && s.iter().all(|(k, v)| pod.labels.get(k) == Some(v))
+        })
     }
 
-    /// The backends of one port of a Service: from its EndpointSlices when there are any,
-    /// otherwise from the pods its selector picks.
-    pub fn backends(&self, service: &Service, port: &ServicePort) -> Vec<Backend> {
+    /// Where one port of the Service leads, found as the endpoints controller finds it: from
+    /// its EndpointSlices when it has any, otherwise from the pods its selector picks (of
+    /// `pods`, the pods of its namespace).
+    pub fn backends<'a>(
+        &self,
+        port: &ServicePort,
+        slices: &[&EndpointSlice],
+        pods: impl IntoIterator<Item = &'a Pod>,
+    ) -> Vec<Backend> {
         let mut out = BTreeSet::new();
-        if let Some(slices) = self
-            .slices
-            .get(&(service.namespace.as_str(), service.name.as_str()))
-        {
+        if !slices.is_empty() {
             for slice in slices {
                 let Some(ep_port) = slice
                     .ports
@@ -394,15 +385,8 @@ impl<'c> Endpoints<'c> {
                     }));
                 }
             }
-        } else if let Some(selector) = service.selector.as_ref().filter(|s| !s.is_empty()) {
-            let in_namespace = self
-                .pods
-                .get(service.namespace.as_str())
-                .into_iter()
-                .flatten();
-            for pod in
-                in_namespace.filter(|p| selector.iter().all(|(k, v)| p.labels.get(k) == Some(v)))
-            {
+        } else {
+            for pod in pods.into_iter().filter(|p| self.selects(p)) {
                 let target = match &port.target_port {
                     PortRef::Number(n) => Some(*n),
                     PortRef::Name(name) => pod.named_port(name, port.protocol),
@@ -415,6 +399,7 @@ impl<'c> Endpoints<'c> {
         out.into_iter().collect()
     }
 }
+
 /// Whether an address is one a pod reaches itself by, whatever its own addresses are.
 pub fn is_loopback(ip: IpAddr) -> bool {
     match ip {

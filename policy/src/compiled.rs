@@ -1,15 +1,63 @@
 //! One pod's compiled policy: what its proxy receives. Selectors are gone, peers are sets of
 //! addresses, named ports are numbers; everything a verdict needs and nothing else.
+//!
+//! The address sets and named-port maps a policy uses are shared with other pods. A policy
+//! holds them in place ([`Inline`], what verdicts are computed on) or names them by id
+//! ([`ById`], what the controller keeps per pod and the stream sends, each set once).
 
+use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::fqdn::NamePattern;
 use crate::peer::IpBlock;
 use crate::policy::{Direction, PolicyId, L7};
 use crate::ports::Protocol;
+
+/// Names an address set shared by the pods whose policies use it.
+pub type SetId = u32;
+/// Names a named-port map shared by the pods whose policies use it.
+pub type MapId = u32;
+
+/// How a compiled policy holds the address sets and named-port maps it shares.
+pub trait Shared: Clone + fmt::Debug + PartialEq + Send + Sync + 'static {
+    /// An address set.
+    type Set: Clone + fmt::Debug + PartialEq + Serialize + DeserializeOwned + Send + Sync;
+    /// A named-port map.
+    type PortMap: Clone + fmt::Debug + PartialEq + Serialize + DeserializeOwned + Send + Sync;
+    /// The cluster's Service table.
+    type Services: Clone
+        + fmt::Debug
+        + Default
+        + PartialEq
+        + Serialize
+        + DeserializeOwned
+        + Send
+        + Sync;
+}
+
+/// Shared objects held in place: what verdicts are computed on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Inline;
+
+impl Shared for Inline {
+    type Set = Arc<IpSet>;
+    type PortMap = Arc<NamedPortMap>;
+    type Services = Arc<ServiceTable>;
+}
+
+/// Shared objects named by id; the Service table is not part of the policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ById;
+
+impl Shared for ById {
+    type Set = SetId;
+    type PortMap = MapId;
+    type Services = ();
+}
 
 /// A sorted set of addresses.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,6 +81,38 @@ impl IpSet {
     pub fn as_slice(&self) -> &[IpAddr] {
         &self.0
     }
+
+    /// How many addresses the set has.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Adds `ip`; returns whether it was new.
+    pub fn insert(&mut self, ip: IpAddr) -> bool {
+        match self.0.binary_search(&ip) {
+            Ok(_) => false,
+            Err(i) => {
+                self.0.insert(i, ip);
+                true
+            }
+        }
+    }
+
+    /// Removes `ip`; returns whether it was there.
+    pub fn remove(&mut self, ip: IpAddr) -> bool {
+        match self.0.binary_search(&ip) {
+            Ok(i) => {
+                self.0.remove(i);
+                true
+            }
+            Err(_) => false,
+        }
+    }
 }
 
 /// Destination ports a named port stands for, by destination address (egress rules name a
@@ -49,15 +129,6 @@ impl NamedPortMap {
         Self(pairs)
     }
 
-    /// The pairs of these addresses only.
-    pub fn only<'a>(&self, ips: impl IntoIterator<Item = &'a IpAddr>) -> Self {
-        Self::new(
-            ips.into_iter()
-                .filter_map(|&ip| self.get(ip).map(|port| (ip, port)))
-                .collect(),
-        )
-    }
-
     /// The port the name has on `ip`, if `ip` is a pod that declares it.
     pub fn get(&self, ip: IpAddr) -> Option<u16> {
         self.0
@@ -65,56 +136,63 @@ impl NamedPortMap {
             .ok()
             .map(|i| self.0[i].1)
     }
+
+    /// The pairs, sorted by address.
+    pub fn pairs(&self) -> &[(IpAddr, u16)] {
+        &self.0
+    }
 }
 
 /// What a compiled peer matches.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum PeerMatch {
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", bound = "")]
+pub enum PeerMatch<S: Shared = Inline> {
     /// Any address.
     Any,
     /// Exactly these addresses (pods a selector picked; nodes).
-    Ips(Arc<IpSet>),
+    Ips(S::Set),
     /// Addresses in a block.
     Block(IpBlock),
     /// Any address except these (Cilium's `world`: not a pod or node).
-    NotIps(Arc<IpSet>),
+    NotIps(S::Set),
     /// Addresses the pod resolved from a matching name (FQDN egress).
     Names(Arc<[NamePattern]>),
 }
 
 /// A compiled peer and its position in the rule.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CompiledPeer {
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(bound = "")]
+pub struct CompiledPeer<S: Shared = Inline> {
     /// Index of the peer in the rule's `from`/`to`.
     pub index: u32,
     /// What it matches.
     #[serde(flatten)]
-    pub matches: PeerMatch,
+    pub matches: PeerMatch<S>,
 }
 
 /// Which port numbers a compiled port matches.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub enum PortMatch {
+#[serde(rename_all = "camelCase", bound = "")]
+pub enum PortMatch<S: Shared = Inline> {
     /// Every port.
     Any,
     /// `from..=to`.
     Range(u16, u16),
     /// A named port of the destination pod, looked up by its address.
-    Named(Arc<NamedPortMap>),
+    Named(S::PortMap),
     /// A named port that no destination has: matches nothing.
     Nothing,
 }
 
 /// A compiled port of a rule.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CompiledPort {
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(bound = "")]
+pub struct CompiledPort<S: Shared = Inline> {
     /// `None` for every protocol.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<Protocol>,
     /// The ports.
-    pub ports: PortMatch,
+    pub ports: PortMatch<S>,
     /// What the rule asks beyond L4 on this port.
     #[serde(default, skip_serializing_if = "L7::is_empty")]
     pub l7: L7,
@@ -134,16 +212,17 @@ impl CompiledPort {
 }
 
 /// A compiled rule.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct CompiledRule {
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(bound = "")]
+pub struct CompiledRule<S: Shared = Inline> {
     /// Index of its policy in [`Side::policies`].
     pub policy: u32,
     /// Index of the rule in its policy's `ingress` or `egress`.
     pub rule: u32,
     /// `None` matches every peer.
-    pub peers: Option<Vec<CompiledPeer>>,
+    pub peers: Option<Vec<CompiledPeer<S>>>,
     /// Empty matches every port.
-    pub ports: Vec<CompiledPort>,
+    pub ports: Vec<CompiledPort<S>>,
 }
 
 /// A policy that selects the pod in one direction.
@@ -157,12 +236,22 @@ pub struct PolicyRef {
 }
 
 /// One direction of a pod's policy.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Side {
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(bound = "")]
+pub struct Side<S: Shared = Inline> {
     /// The policies selecting the pod for this direction; none means not isolated.
     pub policies: Vec<PolicyRef>,
     /// Their rules, in policy order.
-    pub rules: Vec<CompiledRule>,
+    pub rules: Vec<CompiledRule<S>>,
+}
+
+impl<S: Shared> Default for Side<S> {
+    fn default() -> Self {
+        Self {
+            policies: Vec::new(),
+            rules: Vec::new(),
+        }
+    }
 }
 
 /// The address a pod's peer is judged by, and the names the pod resolved to it.
@@ -304,8 +393,9 @@ pub enum Mode {
 }
 
 /// Everything one pod's proxy needs to judge its flows.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PodPolicy {
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(bound = "")]
+pub struct PodPolicy<S: Shared = Inline> {
     /// `namespace/name`.
     pub pod: String,
     /// The pod's own addresses: traffic to them is never judged.
@@ -317,17 +407,17 @@ pub struct PodPolicy {
     /// The pod's mode (from its own or its namespace's annotation).
     pub mode: Mode,
     /// Connections to the pod.
-    pub ingress: Side,
+    pub ingress: Side<S>,
     /// Connections from the pod.
-    pub egress: Side,
+    pub egress: Side<S>,
     /// Service ports, to pick the backend an outbound connection to a ClusterIP reaches.
     #[serde(default)]
-    pub services: Arc<ServiceTable>,
+    pub services: S::Services,
 }
 
-impl PodPolicy {
+impl<S: Shared> PodPolicy<S> {
     /// The side for a direction.
-    pub fn side(&self, direction: Direction) -> &Side {
+    pub fn side(&self, direction: Direction) -> &Side<S> {
         match direction {
             Direction::Ingress => &self.ingress,
             Direction::Egress => &self.egress,
@@ -335,7 +425,129 @@ impl PodPolicy {
     }
 }
 
-/// One message of the policy stream: a pod's whole policy and its version.
+/// An id a policy names that no set or map of the tables it is resolved against has.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MissingId {
+    /// An address set.
+    #[error("the policy names address set {0}, which was never sent")]
+    Set(SetId),
+    /// A named-port map.
+    #[error("the policy names named-port map {0}, which was never sent")]
+    PortMap(MapId),
+}
+
+impl PodPolicy<ById> {
+    /// The policy with every set and map it names looked up, and the Service table.
+    pub fn resolve(
+        &self,
+        set: impl Fn(SetId) -> Option<Arc<IpSet>>,
+        map: impl Fn(MapId) -> Option<Arc<NamedPortMap>>,
+        services: Arc<ServiceTable>,
+    ) -> Result<PodPolicy, MissingId> {
+        let set = |id| set(id).ok_or(MissingId::Set(id));
+        let side = |side: &Side<ById>| -> Result<Side, MissingId> {
+            let rules = side
+                .rules
+                .iter()
+                .map(|r| {
+                    let peers = match &r.peers {
+                        None => None,
+                        Some(peers) => Some(
+                            peers
+                                .iter()
+                                .map(|p| {
+                                    let matches = match &p.matches {
+                                        PeerMatch::Any => PeerMatch::Any,
+                                        PeerMatch::Ips(id) => PeerMatch::Ips(set(*id)?),
+                                        PeerMatch::Block(b) => PeerMatch::Block(b.clone()),
+                                        PeerMatch::NotIps(id) => PeerMatch::NotIps(set(*id)?),
+                                        PeerMatch::Names(n) => PeerMatch::Names(n.clone()),
+                                    };
+                                    Ok(CompiledPeer {
+                                        index: p.index,
+                                        matches,
+                                    })
+                                })
+                                .collect::<Result<_, MissingId>>()?,
+                        ),
+                    };
+                    let ports = r
+                        .ports
+                        .iter()
+                        .map(|p| {
+                            let ports = match &p.ports {
+                                PortMatch::Any => PortMatch::Any,
+                                PortMatch::Range(a, b) => PortMatch::Range(*a, *b),
+                                PortMatch::Named(id) => {
+                                    PortMatch::Named(map(*id).ok_or(MissingId::PortMap(*id))?)
+                                }
+                                PortMatch::Nothing => PortMatch::Nothing,
+                            };
+                            Ok(CompiledPort {
+                                protocol: p.protocol,
+                                ports,
+                                l7: p.l7.clone(),
+                            })
+                        })
+                        .collect::<Result<_, MissingId>>()?;
+                    Ok(CompiledRule {
+                        policy: r.policy,
+                        rule: r.rule,
+                        peers,
+                        ports,
+                    })
+                })
+                .collect::<Result<_, MissingId>>()?;
+            Ok(Side {
+                policies: side.policies.clone(),
+                rules,
+            })
+        };
+        Ok(PodPolicy {
+            pod: self.pod.clone(),
+            ips: self.ips.clone(),
+            host_ips: self.host_ips.clone(),
+            mode: self.mode,
+            ingress: side(&self.ingress)?,
+            egress: side(&self.egress)?,
+            services,
+        })
+    }
+
+    /// Every address set the policy names, each once.
+    pub fn sets(&self) -> Vec<SetId> {
+        let mut out: Vec<SetId> = [&self.ingress, &self.egress]
+            .into_iter()
+            .flat_map(|s| &s.rules)
+            .flat_map(|r| r.peers.iter().flatten())
+            .filter_map(|p| match p.matches {
+                PeerMatch::Ips(id) | PeerMatch::NotIps(id) => Some(id),
+                _ => None,
+            })
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    /// Every named-port map the policy names, each once.
+    pub fn maps(&self) -> Vec<MapId> {
+        let mut out: Vec<MapId> = [&self.ingress, &self.egress]
+            .into_iter()
+            .flat_map(|s| &s.rules)
+            .flat_map(|r| &r.ports)
+            .filter_map(|p| match p.ports {
+                PortMatch::Named(id) => Some(id),
+                _ => None,
+            })
+            .collect();
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+}
+
+/// A pod's whole policy and its version, as the proxy holds it and shows it on `/policy`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Versioned {
     /// Increases with every change the controller makes.

@@ -334,6 +334,28 @@ mod tests {
     }
 
     #[test]
+    fn json_reads_into_the_same_tree_as_yaml() {
+        let yaml = "kind: Pod\nmetadata: {labels: {a: \"1\"}, name: x}\nspec: {ports: [80, 2.5, true, null]}\n";
+        let from_yaml = parse_stream(yaml).remove(0).root.unwrap().unwrap();
+        let json: serde_json::Value = serde_json::from_str(
+            r#"{"kind": "Pod", "metadata": {"name": "x", "labels": {"a": "1"}}, "spec": {"ports": [80, 2.5, true, null]}}"#,
+        )
+        .unwrap();
+        fn strip(n: &Node) -> Node {
+            let value = match &n.value {
+                Value::Seq(items) => Value::Seq(items.iter().map(strip).collect()),
+                Value::Map(m) => Value::Map(m.iter().map(|(k, v)| (k.clone(), strip(v))).collect()),
+                other => other.clone(),
+            };
+            Node { line: 0, value }
+        }
+        assert_eq!(Node::from_json(&json), strip(&from_yaml));
+        // Numbers too large for i64 stay numbers.
+        let big: serde_json::Value = serde_json::from_str("18446744073709551615").unwrap();
+        assert!(matches!(Node::from_json(&big).value, Value::Float(_)));
+    }
+
+    #[test]
     fn quoted_numbers_stay_strings() {
         let docs = parse_stream("a: 80\nb: \"80\"\n");
         let root = docs[0].root.as_ref().unwrap().as_ref().unwrap();

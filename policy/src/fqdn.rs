@@ -94,6 +94,16 @@ impl fmt::Display for NamePattern {
     }
 }
 
+/// Two patterns are the same when they are written the same.
+impl PartialEq for NamePattern {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::Name(a), Self::Name(b)) | (Self::Pattern(a, _), Self::Pattern(b, _)) => a == b,
+            _ => false,
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 enum Wire {

@@ -28,3 +28,4 @@ pub mod reach;
 pub mod selector;
 pub mod simulate;
 pub mod verdict;
+pub mod wire;

@@ -94,7 +94,7 @@ impl Entity {
 }
 
 /// One entry of a rule's `from` or `to`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Peer {
     /// Pods matching `pods`, in the namespaces `namespaces` picks.
     Pods {

@@ -98,7 +98,7 @@ pub struct Source {
 }
 
 /// A policy of any kind, validated.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Policy {
     /// Which policy this is.
     pub id: PolicyId,
@@ -127,7 +127,7 @@ impl Policy {
 
 /// One rule: it allows a connection whose peer matches one of `peers` and whose port matches
 /// one of `ports`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Rule {
     /// `None` matches every peer; otherwise the peers, any of which may match (possibly
     /// none, for a CiliumNetworkPolicy rule that names no peer and no port).
@@ -157,7 +157,7 @@ impl Rule {
 }
 
 /// A port a rule allows, and what it asks of the traffic on it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PortRule {
     /// The port.
     pub spec: PortSpec,
@@ -168,7 +168,7 @@ pub struct PortRule {
 }
 
 /// What a rule asks of a connection beyond its peer and port.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct L7 {
     /// HTTP requests allowed on the port; `None` allows any traffic.
     #[serde(default, skip_serializing_if = "Option::is_none")]

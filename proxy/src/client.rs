@@ -1,7 +1,9 @@
-//! The policy stream: one HTTP/2 request to the controller, answered by the pod's policy and
-//! then a new one on every change, one JSON document per line. When the stream breaks or
-//! carries anything malformed, the proxy keeps the policy it has (fail static), drops the
-//! stream, and reconnects with backoff.
+//! The policy stream: one HTTP/2 request over TLS to the controller, presenting the pod's
+//! token, answered by a resync of the pod's policy and then by what changed (see
+//! [`palisade_policy::wire`]). The controller's certificate must be signed by the CA the
+//! proxy was given. When the stream breaks or carries anything malformed, the proxy keeps
+//! the policy it has (fail static), drops the stream, and reconnects with backoff, to the
+//! next controller address: every replica serves, so losing one costs a reconnection.
 
 use std::hash::BuildHasher;
 use std::io;
@@ -14,11 +16,16 @@ use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use palisade_policy::compiled::{stream_path, Versioned};
+use palisade_policy::compiled::stream_path;
+use palisade_policy::wire::{self, Held, WireError};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, RootCertStore};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
 
-use crate::config::Config;
-use crate::controller_address::Host;
+use crate::config::{CaSource, Config};
+use crate::controller_address::{ControllerAddress, Host};
 use crate::metrics;
 use crate::state::PolicyState;
 
@@ -26,9 +33,7 @@ use crate::state::PolicyState;
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 /// The longest delay between attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// The largest policy message accepted.
-const MAX_MESSAGE: usize = 64 << 20;
-/// How long connecting to the controller may take.
+/// How long connecting to the controller (TCP and TLS) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why a stream ended.
@@ -38,8 +43,21 @@ pub enum StreamError {
     #[error("controller address {0:?}: {1}")]
     Address(String, &'static str),
     /// No connection could be made.
-    #[error("cannot connect to the controller: {0}")]
-    Connect(#[source] io::Error),
+    #[error("cannot connect to the controller at {0}: {1}")]
+    Connect(SocketAddr, #[source] io::Error),
+    /// TLS failed: the CA cannot be read, or the controller's certificate is not signed by
+    /// it or not for the name connected to.
+    #[error("TLS with the controller: {0}")]
+    Tls(String),
+    /// The pod's token cannot be read.
+    #[error("cannot read the token {path}: {source}")]
+    Token {
+        /// The token file.
+        path: String,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
     /// HTTP/2 failed (including the keep-alive noticing a dead controller).
     #[error("HTTP/2 with the controller failed: {0}")]
     Http(#[from] hyper::Error),
@@ -51,12 +69,12 @@ pub enum StreamError {
         /// What it said.
         body: String,
     },
-    /// A message that is not a policy.
-    #[error("malformed policy message: {0}")]
-    Malformed(#[source] serde_json::Error),
-    /// A message too large to be a policy.
-    #[error("policy message larger than {MAX_MESSAGE} bytes")]
-    TooLarge,
+    /// A message that cannot be taken.
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    /// A body that is not a policy stream.
+    #[error("the controller answered with {0:?}, not a policy stream")]
+    ContentType(String),
     /// A policy for another pod.
     #[error("the controller sent the policy of {got}, not of {want}")]
     WrongPod {
@@ -72,29 +90,109 @@ impl StreamError {
     pub fn reason(&self) -> &'static str {
         match self {
             Self::Address(..) => "address",
-            Self::Connect(_) => "connect",
+            Self::Connect(..) => "connect",
+            Self::Tls(_) => "tls",
+            Self::Token { .. } => "token",
             Self::Http(_) => "http",
+            Self::Status { status, .. } if *status == StatusCode::UNAUTHORIZED => "unauthorized",
+            Self::Status { status, .. } if *status == StatusCode::FORBIDDEN => "forbidden",
             Self::Status { .. } => "status",
-            Self::Malformed(_) => "malformed",
-            Self::TooLarge => "too-large",
+            Self::Wire(WireError::TooLarge(_)) => "too-large",
+            Self::Wire(_) | Self::ContentType(_) => "malformed",
             Self::WrongPod { .. } => "wrong-pod",
         }
     }
+}
+
+/// The name the controller's certificate must be for.
+fn server_name(address: &ControllerAddress) -> Result<ServerName<'static>, StreamError> {
+    match address.host() {
+        Host::Ip(ip) => Ok(ServerName::IpAddress((*ip).into())),
+        Host::Name(name) => ServerName::try_from(name.clone())
+            .map_err(|_| StreamError::Address(address.to_string(), "not a DNS name")),
+    }
+}
+
+/// Every address to try, in order: each controller's, a name giving all it resolves to
+/// (resolved at each round, so that a Service's name follows the controller).
+async fn candidates(config: &Config) -> Vec<(ControllerAddress, SocketAddr)> {
+    let mut out = Vec::new();
+    for c in &config.controllers {
+        match c.host() {
+            Host::Ip(ip) => out.push((c.clone(), SocketAddr::new(*ip, c.port()))),
+            Host::Name(name) => {
+                let resolved = tokio::net::lookup_host((name.as_str(), c.port())).await;
+                match resolved {
+                    Ok(addrs) => out.extend(addrs.map(|a| (c.clone(), a))),
+                    Err(e) => {
+                        tracing::warn!(controller = %c, error = %e, "cannot resolve the controller")
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+fn tls_config(config: &Config) -> Result<Arc<ClientConfig>, StreamError> {
+    let (what, certs): (String, Result<Vec<CertificateDer<'static>>, _>) = match &config.ca {
+        CaSource::Pem(text) => (
+            "the CA (PALISADE_CA)".into(),
+            CertificateDer::pem_slice_iter(text.as_bytes()).collect(),
+        ),
+        CaSource::File(path) => (
+            format!("CA file {}", path.display()),
+            CertificateDer::pem_file_iter(path).and_then(|i| i.collect()),
+        ),
+    };
+    let tls = |e: String| StreamError::Tls(format!("{what}: {e}"));
+    let mut roots = RootCertStore::empty();
+    for cert in certs.map_err(|e| tls(e.to_string()))? {
+        roots.add(cert).map_err(|e| tls(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(tls("holds no certificate".into()));
+    }
+    let mut c =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| StreamError::Tls(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    c.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(c))
 }
 
 /// Keeps the pod's policy up to date, forever.
 pub async fn run(config: Arc<Config>, state: PolicyState) {
     let mut delay = MIN_BACKOFF;
     let random = std::collections::hash_map::RandomState::new();
+    let mut next = 0usize;
     for attempt in 0u64.. {
         let mut received = false;
-        match stream(&config, &state, &mut received).await {
+        let targets = candidates(&config).await;
+        let result = match targets.get(next % targets.len().max(1)) {
+            None => Err(StreamError::Address(
+                config
+                    .controllers
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(","),
+                "no address to connect to",
+            )),
+            Some((target, addr)) => stream(&config, target, *addr, &state, &mut received).await,
+        };
+        match result {
             Ok(()) => tracing::info!("policy stream ended; reconnecting"),
             Err(e) => {
                 ::metrics::counter!(metrics::STREAM_ERRORS, "reason" => e.reason()).increment(1);
                 tracing::warn!(error = %e, "policy stream failed; keeping the last policy and reconnecting");
             }
         }
+        // The next attempt goes to the next address: the one that failed may be a replica
+        // that is gone.
+        next = next.wrapping_add(1);
         if received {
             delay = MIN_BACKOFF;
         }
@@ -108,39 +206,56 @@ pub async fn run(config: Arc<Config>, state: PolicyState) {
 /// One stream, until it ends; `received` is set once a policy arrived on it.
 async fn stream(
     config: &Config,
+    target: &ControllerAddress,
+    addr: SocketAddr,
     state: &PolicyState,
     received: &mut bool,
 ) -> Result<(), StreamError> {
-    let port = config.controller.port();
-    let connecting = async {
-        match config.controller.host() {
-            Host::Ip(ip) => TcpStream::connect(SocketAddr::new(*ip, port)).await,
-            // Resolved at every connection, so that a Service name follows the controller.
-            Host::Name(name) => TcpStream::connect((name.as_str(), port)).await,
-        }
+    let tls = tls_config(config)?;
+    let token =
+        std::fs::read_to_string(&config.token_file).map_err(|source| StreamError::Token {
+            path: config.token_file.display().to_string(),
+            source,
+        })?;
+    let connect = async {
+        let tcp = TcpStream::connect(addr)
+            .await
+            .map_err(|e| StreamError::Connect(addr, e))?;
+        let _ = tcp.set_nodelay(true);
+        TlsConnector::from(tls)
+            .connect(server_name(target)?, tcp)
+            .await
+            .map_err(|e| StreamError::Tls(format!("{addr}: {e}")))
     };
-    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+    let tls = tokio::time::timeout(CONNECT_TIMEOUT, connect)
         .await
-        .map_err(|_| StreamError::Connect(io::ErrorKind::TimedOut.into()))?
-        .map_err(StreamError::Connect)?;
-    let _ = tcp.set_nodelay(true);
+        .map_err(|_| StreamError::Connect(addr, io::ErrorKind::TimedOut.into()))??;
     let (mut sender, connection) = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .keep_alive_interval(Duration::from_secs(5))
         .keep_alive_timeout(Duration::from_secs(5))
         .keep_alive_while_idle(true)
-        .handshake::<_, Empty<Bytes>>(TokioIo::new(tcp))
+        .handshake::<_, Empty<Bytes>>(TokioIo::new(tls))
         .await?;
     let driver = tokio::spawn(connection);
     let result = async {
-        let request = Request::get(format!("{}{}", config.controller, stream_path(&config.pod)))
-            .header(http::header::ACCEPT, "application/x-ndjson")
+        let authority = target.authority();
+        let request = Request::get(format!("{target}{}", stream_path(&config.pod)))
+            .header(http::header::ACCEPT, wire::MEDIA_TYPE)
+            .header(
+                http::header::AUTHORIZATION,
+                format!("Bearer {}", token.trim()),
+            )
             .body(Empty::new())
-            .map_err(|_| {
-                StreamError::Address(config.controller.to_string(), "cannot build a request")
-            })?;
+            .map_err(|_| StreamError::Address(authority.clone(), "cannot build a request"))?;
         let response = sender.send_request(request).await?;
         let status = response.status();
+        let content_type = response
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
         let mut body = response.into_body();
         if status != StatusCode::OK {
             let text = body
@@ -155,19 +270,21 @@ async fn stream(
                     .to_owned(),
             });
         }
+        if content_type != wire::MEDIA_TYPE {
+            return Err(StreamError::ContentType(content_type));
+        }
+        tracing::info!(controller = %addr, "policy stream open");
+        let mut held = Held::default();
         let mut pending = BytesMut::new();
         while let Some(frame) = body.frame().await {
             let Ok(data) = frame?.into_data() else {
                 continue;
             };
             pending.extend_from_slice(&data);
-            while let Some(end) = pending.iter().position(|&b| b == b'\n') {
-                let line = pending.split_to(end + 1);
-                accept(config, state, &line[..end])?;
+            while let Some(len) = wire::frame_len(&pending)? {
+                let frame = pending.split_to(len);
+                accept(config, state, &mut held, &frame)?;
                 *received = true;
-            }
-            if pending.len() > MAX_MESSAGE {
-                return Err(StreamError::TooLarge);
             }
         }
         Ok(())
@@ -177,21 +294,26 @@ async fn stream(
     result
 }
 
-/// Takes one line of the stream as the new policy, if it is one for this pod.
-fn accept(config: &Config, state: &PolicyState, line: &[u8]) -> Result<(), StreamError> {
-    if line.iter().all(u8::is_ascii_whitespace) {
+/// Takes one message of the stream; a new policy for this pod goes in force.
+fn accept(
+    config: &Config,
+    state: &PolicyState,
+    held: &mut Held,
+    frame: &[u8],
+) -> Result<(), StreamError> {
+    let update = wire::decode(frame)?;
+    let Some(snapshot) = held.apply(update)? else {
         return Ok(());
-    }
-    let message: Versioned = serde_json::from_slice(line).map_err(StreamError::Malformed)?;
-    if message.policy.pod != config.pod {
+    };
+    if snapshot.policy.pod != config.pod {
         return Err(StreamError::WrongPod {
-            got: message.policy.pod,
+            got: snapshot.policy.pod,
             want: config.pod.clone(),
         });
     }
-    ::metrics::gauge!(metrics::POLICY_VERSION).set(message.version as f64);
+    ::metrics::gauge!(metrics::POLICY_VERSION).set(snapshot.version as f64);
     ::metrics::counter!(metrics::POLICY_UPDATES).increment(1);
-    tracing::info!(version = message.version, "policy updated");
-    state.set(message);
+    tracing::info!(version = snapshot.version, "policy updated");
+    state.set(snapshot);
     Ok(())
 }

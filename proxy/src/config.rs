@@ -1,6 +1,7 @@
 //! What the proxy is told at start: who it serves, where its controller is, its ports.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::controller_address::ControllerAddress;
@@ -25,8 +26,15 @@ pub struct Config {
     /// The pod's node, its addresses of every family, known before any policy: its traffic
     /// is always allowed.
     pub node_ips: Vec<IpAddr>,
-    /// Where the controller's policy stream is, e.g. `http://[fd00::1]:7443`.
-    pub controller: ControllerAddress,
+    /// Where the controller's policy stream is, e.g. `https://[fd00::1]:7443`; several are
+    /// tried in turn, and so is every address a name resolves to.
+    pub controllers: Vec<ControllerAddress>,
+    /// The CA that signs the controller's certificate: PEM text (the injector puts it in
+    /// the environment) or a file, read at every connection.
+    pub ca: CaSource,
+    /// The pod's projected ServiceAccount token (audience `palisade`), read at every
+    /// connection, so that a rotated token is used.
+    pub token_file: PathBuf,
     /// Port of the outbound listener (TCP on loopback; UDP, transparent).
     pub outbound_port: u16,
     /// Port of the inbound listener (TCP and UDP).
@@ -52,6 +60,15 @@ pub struct Config {
     /// Ports never inspected (`palisade.dev/opaque-ports`): a connection to one that only
     /// rules with HTTP conditions allow is refused.
     pub opaque_ports: Vec<u16>,
+}
+
+/// Where the controller's CA comes from.
+#[derive(Debug, Clone)]
+pub enum CaSource {
+    /// PEM text.
+    Pem(String),
+    /// A PEM file.
+    File(PathBuf),
 }
 
 /// What protects the proxy from slow or huge requests on inspected connections.

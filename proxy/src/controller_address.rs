@@ -1,6 +1,6 @@
-//! The controller's address, in every form users write it: `http://[fd00::1]:7443`,
-//! `http://controller.palisade-system.svc:7443`, `controller:7443`, `[fd00::1]:7443`,
-//! `10.0.0.1`. Parsed once at start, so that a bad address stops the proxy with a clear
+//! The controller's address, in every form users write it: `https://[fd00::1]:7443`,
+//! `https://controller.palisade-system.svc:7443`, `controller:7443`, `[fd00::1]:7443`,
+//! `10.0.0.1`. The policy stream is TLS: `https://` or no scheme; `http://` is refused. Parsed once at start, so that a bad address stops the proxy with a clear
 //! message rather than failing every reconnection; printed back with brackets around IPv6
 //! literals, the only form a URL allows.
 
@@ -21,7 +21,7 @@ pub enum Host {
     Name(String),
 }
 
-/// Where the controller's policy stream is: scheme (`http` only for now), host and port.
+/// Where the controller's policy stream is: host and port (the scheme is always `https`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ControllerAddress {
     host: Host,
@@ -66,7 +66,7 @@ impl ControllerAddress {
 
 impl fmt::Display for ControllerAddress {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "http://{}", self.authority())
+        write!(f, "https://{}", self.authority())
     }
 }
 
@@ -80,8 +80,13 @@ impl FromStr for ControllerAddress {
         };
         let text = value.trim();
         let rest = match text.split_once("://") {
-            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("http") => rest,
-            Some(_) => return Err(refuse("only http:// is supported")),
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("https") => rest,
+            Some((scheme, _)) if scheme.eq_ignore_ascii_case("http") => {
+                return Err(refuse(
+                    "the policy stream is TLS: write https:// (the proxy checks the controller's certificate)",
+                ))
+            }
+            Some(_) => return Err(refuse("only https:// is supported")),
             None => text,
         };
         let rest = rest.strip_suffix('/').unwrap_or(rest);
@@ -100,9 +105,9 @@ impl FromStr for ControllerAddress {
                 Some((ip, port))
                     if ip.parse::<Ipv6Addr>().is_ok() && port.parse::<u16>().is_ok() =>
                 {
-                    format!("http://[{ip}]:{port} (or http://[{rest}]:{DEFAULT_PORT})")
+                    format!("https://[{ip}]:{port} (or https://[{rest}]:{DEFAULT_PORT})")
                 }
-                _ => format!("http://[{rest}]:{DEFAULT_PORT}"),
+                _ => format!("https://[{rest}]:{DEFAULT_PORT}"),
             };
             return Err(AddressError {
                 value: value.to_owned(),
@@ -130,7 +135,7 @@ impl FromStr for ControllerAddress {
             };
             if host.contains(':') {
                 return Err(refuse(
-                    "write an IPv6 address in brackets, like http://[fd00::1]:7443",
+                    "write an IPv6 address in brackets, like https://[fd00::1]:7443",
                 ));
             }
             (
@@ -183,23 +188,23 @@ mod tests {
     #[test]
     fn every_form_users_write_is_understood_and_printed_back_as_a_url() {
         for (written, printed) in [
-            ("http://[fd00::1]:7443", "http://[fd00::1]:7443"),
-            ("http://[fd00:10::1]:7443/", "http://[fd00:10::1]:7443"),
-            ("[fd00::1]:8000", "http://[fd00::1]:8000"),
-            ("[fd00::1]", "http://[fd00::1]:7443"),
-            ("http://10.0.0.1:7443", "http://10.0.0.1:7443"),
-            ("10.0.0.1:9000", "http://10.0.0.1:9000"),
-            ("10.0.0.1", "http://10.0.0.1:7443"),
+            ("https://[fd00::1]:7443", "https://[fd00::1]:7443"),
+            ("https://[fd00:10::1]:7443/", "https://[fd00:10::1]:7443"),
+            ("[fd00::1]:8000", "https://[fd00::1]:8000"),
+            ("[fd00::1]", "https://[fd00::1]:7443"),
+            ("https://10.0.0.1:7443", "https://10.0.0.1:7443"),
+            ("10.0.0.1:9000", "https://10.0.0.1:9000"),
+            ("10.0.0.1", "https://10.0.0.1:7443"),
             (
                 "HTTP://Controller.Palisade-System.svc:7443",
-                "http://controller.palisade-system.svc:7443",
+                "https://controller.palisade-system.svc:7443",
             ),
-            ("controller:7443", "http://controller:7443"),
+            ("controller:7443", "https://controller:7443"),
             (
                 "controller.palisade-system.svc.",
-                "http://controller.palisade-system.svc:7443",
+                "https://controller.palisade-system.svc:7443",
             ),
-            (" http://10.0.0.1:7443 ", "http://10.0.0.1:7443"),
+            (" https://10.0.0.1:7443 ", "https://10.0.0.1:7443"),
         ] {
             assert_eq!(parsed(written).to_string(), printed, "{written}");
             // What is printed parses back to the same address.
@@ -211,7 +216,7 @@ mod tests {
     fn ipv6_addresses_get_brackets_in_the_authority() {
         let a = ControllerAddress::new("fd00:10::1".parse().unwrap(), 7443);
         assert_eq!(a.authority(), "[fd00:10::1]:7443");
-        assert_eq!(a.to_string(), "http://[fd00:10::1]:7443");
+        assert_eq!(a.to_string(), "https://[fd00:10::1]:7443");
         let b = ControllerAddress::new("10.0.0.1".parse().unwrap(), 7443);
         assert_eq!(b.authority(), "10.0.0.1:7443");
         assert_eq!(parsed("name:1").host(), &Host::Name("name".into()));
@@ -222,22 +227,22 @@ mod tests {
     fn ambiguous_and_bad_addresses_are_refused_with_the_fix() {
         for (bad, says) in [
             // The bug of issue 6: is 7443 a port or the last group of the address?
-            ("http://fd00:10::1:7443", "http://[fd00:10::1]:7443 (or"),
+            ("https://fd00:10::1:7443", "https://[fd00:10::1]:7443 (or"),
             ("fd00::1", "in brackets"),
-            ("http://fd00::1]:7443", "in brackets"),
-            ("https://10.0.0.1:7443", "only http://"),
-            ("grpc://10.0.0.1:7443", "only http://"),
-            ("http://10.0.0.1:7443/v1", "no path"),
-            ("http://user@10.0.0.1:7443", "user names"),
-            ("http://[fd00::1:7443", "needs its `]`"),
-            ("http://[10.0.0.1]:7443", "not an IPv6 address"),
-            ("http://[fd00::1]7443", "comes `:`"),
-            ("http://10.0.0.1:0", "1 to 65535"),
-            ("http://10.0.0.1:70000", "1 to 65535"),
-            ("http://10.0.0.1:", "1 to 65535"),
-            ("http://10.0.0.999:7443", "not an address or a DNS name"),
-            ("http://under_score:7443", "not an address or a DNS name"),
-            ("http://:7443", "not an address or a DNS name"),
+            ("https://fd00::1]:7443", "in brackets"),
+            ("http://10.0.0.1:7443", "the policy stream is TLS"),
+            ("grpc://10.0.0.1:7443", "only https://"),
+            ("https://10.0.0.1:7443/v1", "no path"),
+            ("https://user@10.0.0.1:7443", "user names"),
+            ("https://[fd00::1:7443", "needs its `]`"),
+            ("https://[10.0.0.1]:7443", "not an IPv6 address"),
+            ("https://[fd00::1]7443", "comes `:`"),
+            ("https://10.0.0.1:0", "1 to 65535"),
+            ("https://10.0.0.1:70000", "1 to 65535"),
+            ("https://10.0.0.1:", "1 to 65535"),
+            ("https://10.0.0.999:7443", "not an address or a DNS name"),
+            ("https://under_score:7443", "not an address or a DNS name"),
+            ("https://:7443", "not an address or a DNS name"),
             ("", "not an address or a DNS name"),
         ] {
             let err = bad.parse::<ControllerAddress>().unwrap_err().to_string();

@@ -5,13 +5,13 @@
 //! and the namespaces to inject. `charts/palisade` renders the same objects.
 
 pub mod crd;
-pub mod tls;
 pub mod yaml;
 
 use std::process::ExitCode;
 
 use k8s_openapi::ByteString;
 use palisade_controller::inject::annotations::{INJECT, MODE};
+use palisade_controller::tls;
 use serde_json::{json, Value};
 
 /// The controller's Service, which the webhooks and proxies reach.
@@ -28,9 +28,6 @@ pub const VALIDATE_WEBHOOK: &str = "palisade-validate";
 pub const DEFAULT_IMAGE: &str = concat!("palisade/palisade:", env!("CARGO_PKG_VERSION"));
 /// Where the controller reads its TLS material.
 const TLS_DIR: &str = "/etc/palisade/tls";
-/// How the controller reads cluster state. The Kubernetes API source is issue 7's
-/// controller part; until it lands the controller reads the folder it is given.
-const SOURCE_ARGS: [&str; 1] = ["--source=/etc/palisade/manifests"];
 
 /// A webhook's failure policy.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -203,9 +200,11 @@ fn http_probe(period: u32, failures: u32) -> Value {
 fn deployment(a: &Args) -> Value {
     let ns = &a.namespace;
     let mut args: Vec<String> = vec!["controller".into()];
-    args.extend(SOURCE_ARGS.iter().map(|s| (*s).to_owned()));
+    // The cluster's state comes from the Kubernetes API (no --source).
     args.extend([
         "--listen=0.0.0.0:7443".into(),
+        format!("--tls-cert={TLS_DIR}/tls.crt"),
+        format!("--tls-key={TLS_DIR}/tls.key"),
         "--metrics=0.0.0.0:9090".into(),
         "--webhook-listen=0.0.0.0:8443".into(),
         format!("--webhook-cert={TLS_DIR}/tls.crt"),

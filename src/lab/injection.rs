@@ -38,8 +38,10 @@ pub struct Injected {
 }
 
 /// How the lab configures the webhook.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Webhook {
+    /// The CA proxies trust for the policy stream (PEM).
+    pub ca: String,
     /// How long proxies hold new flows before their first policy.
     pub hold: std::time::Duration,
     /// Their fail mode is open.
@@ -75,6 +77,7 @@ fn options(pod: &cluster::Pod, node_ips: &[IpAddr], webhook: Webhook) -> InjectO
         FailMode::Closed
     };
     o.log_allowed = webhook.log_allowed;
+    o.ca = Some(webhook.ca);
     o
 }
 

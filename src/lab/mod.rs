@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod cli;
+pub mod credentials;
 pub mod injection;
 pub mod netns;
 pub mod network;
@@ -258,8 +259,21 @@ impl Lab {
         network
             .translate_services(Compiler::new(&cluster).services())
             .context("translating Service addresses")?;
+        // The policy streams' CA and certificate, and a token for every pod that may get a
+        // proxy.
+        let credentials = credentials::Credentials::create(
+            &workdir.0.join("secrets"),
+            &node_ips,
+            cluster
+                .pods
+                .iter()
+                .filter(|p| !p.host_network)
+                .map(|p| p.key()),
+        )
+        .context("making the lab's CA, certificate and tokens")?;
         // Each pod goes through the injection webhook's decision, as in a cluster.
         let webhook = injection::Webhook {
+            ca: credentials.ca_pem()?,
             hold: options.hold,
             fail_open: false,
             log_allowed: options.log_allowed,
@@ -267,7 +281,8 @@ impl Lab {
         let mut specs: BTreeMap<String, Injected> = BTreeMap::new();
         for pod in &cluster.pods {
             let force = !options.respect_injection;
-            if let Some(spec) = injection::review(&cluster, pod, &node_ips, webhook, force)? {
+            if let Some(spec) = injection::review(&cluster, pod, &node_ips, webhook.clone(), force)?
+            {
                 specs.insert(pod.key(), spec);
             }
         }
@@ -290,7 +305,8 @@ impl Lab {
             }
         }
 
-        let mut processes = Processes::new(options.binary.clone(), workdir.0.join("logs"))?;
+        let mut processes =
+            Processes::new(options.binary.clone(), workdir.0.join("logs"), credentials)?;
         processes.start_controller(&network.node, &manifests)?;
         for pod in &cluster.pods {
             let Some(spec) = specs.get(&pod.key()) else {
@@ -567,6 +583,7 @@ impl Lab {
         let ns = self.network.netns_of(&p);
         let node_ips = self.network.node_ips.clone();
         let webhook = injection::Webhook {
+            ca: self.credentials().ca_pem()?,
             hold: options.hold,
             fail_open: options.fail_open,
             log_allowed: options.log_allowed,
@@ -635,6 +652,11 @@ impl Lab {
         std::fs::write(&tmp, text)?;
         std::fs::rename(&tmp, self.manifests.join(name))?;
         Ok(())
+    }
+
+    /// The CA, certificate and tokens of the lab's policy streams.
+    pub fn credentials(&self) -> &credentials::Credentials {
+        self.processes.credentials()
     }
 
     /// The lab's working folder (manifests and logs).

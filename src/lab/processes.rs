@@ -15,6 +15,7 @@ use k8s_openapi::api::core::v1::Container;
 
 use super::injection::{self, Facts};
 
+use super::credentials::Credentials;
 use super::netns::Netns;
 
 /// The controller's policy stream port.
@@ -47,6 +48,7 @@ pub struct Processes {
     binary: PathBuf,
     image: PathBuf,
     logs: PathBuf,
+    credentials: Credentials,
     controller: Option<Child>,
     proxies: BTreeMap<String, Child>,
 }
@@ -58,8 +60,9 @@ fn stop(mut child: Child) {
 
 impl Processes {
     /// Nothing running yet; logs go under `logs`, and so does the copy of `binary` that
-    /// stands for the image's (see [`IMAGE_FILE_CAPABILITIES`]).
-    pub fn new(binary: PathBuf, logs: PathBuf) -> io::Result<Self> {
+    /// stands for the image's (see [`IMAGE_FILE_CAPABILITIES`]); the streams use
+    /// `credentials`.
+    pub fn new(binary: PathBuf, logs: PathBuf, credentials: Credentials) -> io::Result<Self> {
         std::fs::create_dir_all(&logs)?;
         let image = logs.join("palisade-image");
         std::fs::copy(&binary, &image)?;
@@ -84,6 +87,7 @@ impl Processes {
             binary,
             image,
             logs,
+            credentials,
             controller: None,
             proxies: BTreeMap::new(),
         })
@@ -108,6 +112,11 @@ impl Processes {
             .join(format!("{}.flows.jsonl", pod.replace('/', "_")))
     }
 
+    /// The secrets the streams use.
+    pub fn credentials(&self) -> &Credentials {
+        &self.credentials
+    }
+
     /// Where a pod's proxy writes its diagnostics.
     pub fn proxy_log(&self, pod: &str) -> PathBuf {
         self.logs.join(format!("{}.log", pod.replace('/', "_")))
@@ -126,6 +135,12 @@ impl Processes {
                 "--listen",
                 &SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), CONTROLLER_PORT).to_string(),
             ])
+            .arg("--tls-cert")
+            .arg(&self.credentials.cert)
+            .arg("--tls-key")
+            .arg(&self.credentials.key)
+            .arg("--tokens")
+            .arg(&self.credentials.tokens)
             .args(["--metrics", "127.0.0.1:9090", "--poll", "100ms"])
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -174,6 +189,13 @@ impl Processes {
             None => Vec::new(),
         };
         let mut proxy = proxy.clone();
+        // The kubelet mounts the pod's projected token where the proxy's environment says;
+        // the lab's token for the pod stands there.
+        for e in proxy.env.iter_mut().flatten() {
+            if e.name == "PALISADE_TOKEN_FILE" {
+                e.value = Some(self.credentials.token_file(&key).display().to_string());
+            }
+        }
         if !options.net_raw {
             // The fallback tests: a cluster that does not grant the capability.
             if let Some(caps) = proxy

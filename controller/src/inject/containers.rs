@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, EnvVar, EnvVarSource, ExecAction, Lifecycle, LifecycleHandler,
-    ObjectFieldSelector, Probe, ResourceRequirements, SecurityContext, Volume, VolumeMount,
+    ObjectFieldSelector, Probe, ProjectedVolumeSource, ResourceRequirements, SecurityContext,
+    ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
@@ -15,6 +16,16 @@ use super::annotations::PodSettings;
 use super::InjectOptions;
 
 /// Name of the init container that installs the iptables rules.
+/// The proxy's token volume.
+pub const TOKEN_VOLUME: &str = "palisade-token";
+/// Where the proxy's token is mounted.
+pub const TOKEN_DIR: &str = "/var/run/secrets/palisade";
+/// The token's file in it.
+pub const TOKEN_FILE: &str = "token";
+/// The audience the controller asks TokenReview for.
+pub const TOKEN_AUDIENCE: &str = "palisade";
+/// How long a token lives before the kubelet replaces it.
+const TOKEN_SECONDS: i64 = 3600;
 pub const INIT_NAME: &str = "palisade-init";
 /// Name of the proxy container (a native sidecar or the first regular container).
 pub const PROXY_NAME: &str = "palisade-proxy";
@@ -123,8 +134,12 @@ pub const OPTIONS: &[Opt] = &[
     setting(Part::Proxy, "PALISADE_LOG_ALLOWED", |_, o| {
         o.log_allowed.then(|| "true".into())
     }),
-    // Issue 7 (stream) adds here: the CA file and the projected token's path, with their
-    // volumes in `volumes()`.
+    // The stream's CA, inline (a Secret of the controller's namespace cannot be mounted
+    // in other namespaces), and the projected token the proxy proves its pod with.
+    setting(Part::Proxy, "PALISADE_CA", |_, o| o.ca.clone()),
+    setting(Part::Proxy, "PALISADE_TOKEN_FILE", |_, _| {
+        Some(format!("{TOKEN_DIR}/{TOKEN_FILE}"))
+    }),
 ];
 
 /// The environment of one container, from [`OPTIONS`].
@@ -272,6 +287,12 @@ pub fn proxy(settings: &PodSettings, options: &InjectOptions, kind: SidecarKind)
         startup_probe: Some(admin_probe("/live", 1, 120)),
         readiness_probe: Some(admin_probe("/ready", 5, 2)),
         liveness_probe: Some(admin_probe("/live", 10, 3)),
+        volume_mounts: Some(vec![VolumeMount {
+            name: TOKEN_VOLUME.into(),
+            mount_path: TOKEN_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        }]),
         ..Default::default()
     };
     match kind {
@@ -291,11 +312,30 @@ pub fn proxy(settings: &PodSettings, options: &InjectOptions, kind: SidecarKind)
     c
 }
 
-/// The volumes the injected containers mount.
+/// The volumes the injected containers mount: `/run` for init, and the proxy's token,
+/// bound to the pod, for audience `palisade`, rotated by the kubelet.
 pub fn volumes() -> Vec<Volume> {
-    vec![Volume {
-        name: RUN_VOLUME.into(),
-        empty_dir: Some(Default::default()),
-        ..Default::default()
-    }]
+    vec![
+        Volume {
+            name: RUN_VOLUME.into(),
+            empty_dir: Some(Default::default()),
+            ..Default::default()
+        },
+        Volume {
+            name: TOKEN_VOLUME.into(),
+            projected: Some(ProjectedVolumeSource {
+                sources: Some(vec![VolumeProjection {
+                    service_account_token: Some(ServiceAccountTokenProjection {
+                        audience: Some(TOKEN_AUDIENCE.into()),
+                        expiration_seconds: Some(TOKEN_SECONDS),
+                        path: TOKEN_FILE.into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    ]
 }

@@ -22,6 +22,8 @@ pub struct InjectOptions {
     pub pull_policy: Option<String>,
     /// The controller's policy stream, as proxies reach it.
     pub controller: String,
+    /// The CA (PEM) that signs the policy stream's certificate, which proxies trust.
+    pub ca: Option<String>,
     /// Native sidecar, or a first regular container on API servers without them.
     pub sidecar: SidecarKind,
     /// The fail mode of proxies whose pod does not set `palisade.dev/fail-mode`.
@@ -44,6 +46,7 @@ impl InjectOptions {
             image,
             pull_policy: None,
             controller,
+            ca: None,
             sidecar,
             fail_mode: FailMode::Closed,
             hold: None,

@@ -99,6 +99,13 @@ impl Anchored {
     }
 }
 
+/// Two expressions are the same when they are written the same.
+impl PartialEq for Anchored {
+    fn eq(&self, other: &Self) -> bool {
+        self.source == other.source
+    }
+}
+
 impl Serialize for Anchored {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&self.source)
@@ -167,7 +174,7 @@ impl HeaderMatch {
 }
 
 /// One entry of `rules.http`: a request is allowed when every field it sets matches.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct HttpRule {
     /// The method, e.g. `GET` or `GET|HEAD`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

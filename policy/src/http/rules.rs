@@ -130,6 +130,13 @@ impl PathPattern {
     }
 }
 
+/// Two paths are the same when they are written the same.
+impl PartialEq for PathPattern {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
 impl Serialize for PathPattern {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&self.source)
@@ -294,6 +301,13 @@ fn insert(layers: &mut Vec<Layer>, route: &str, rule: u32) {
 impl fmt::Debug for HttpRules {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_list().entries(&self.rules).finish()
+    }
+}
+
+/// Two rule sets are the same when their rules are.
+impl PartialEq for HttpRules {
+    fn eq(&self, other: &Self) -> bool {
+        self.rules == other.rules
     }
 }
 

@@ -7,6 +7,7 @@ mod field;
 mod kube;
 mod netpol;
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 pub use cilium::{UNSUPPORTED_EGRESS_FIELDS, UNSUPPORTED_INGRESS_FIELDS};
@@ -14,11 +15,11 @@ pub use field::FieldError;
 
 use crate::cluster::{Cluster, EndpointSlice, Namespace, Pod, Service, MODE_ANNOTATION};
 use crate::document::{parse_stream, Node, SyntaxError, Value};
-use crate::policy::{Policy, PolicyKind};
+use crate::policy::{Policy, PolicyId, PolicyKind};
 use field::{Errors, Field};
 
 /// One object read from a manifest.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Object {
     /// A Namespace.
     Namespace(Namespace),
@@ -42,6 +43,65 @@ impl Object {
             }
         }
         self
+    }
+}
+
+/// The kind of an object palisade reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ObjectKind {
+    /// A Namespace.
+    Namespace,
+    /// A Pod.
+    Pod,
+    /// A Service.
+    Service,
+    /// An EndpointSlice.
+    EndpointSlice,
+    /// A policy of one kind.
+    Policy(PolicyKind),
+}
+
+/// Which object this is: a newer object with the same key replaces it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectKey {
+    /// The kind.
+    pub kind: ObjectKind,
+    /// The namespace (empty for a Namespace).
+    pub namespace: String,
+    /// The name.
+    pub name: String,
+}
+
+impl Object {
+    /// The object's key; `None` for a policy object that gave no policy.
+    pub fn key(&self) -> Option<ObjectKey> {
+        let (kind, namespace, name) = match self {
+            Object::Namespace(n) => (ObjectKind::Namespace, "", n.name.as_str()),
+            Object::Pod(p) => (ObjectKind::Pod, p.namespace.as_str(), p.name.as_str()),
+            Object::Service(s) => (ObjectKind::Service, s.namespace.as_str(), s.name.as_str()),
+            Object::EndpointSlice(s) => (
+                ObjectKind::EndpointSlice,
+                s.namespace.as_str(),
+                s.name.as_str(),
+            ),
+            Object::Policies(p) => return Some(policy_object(&p.first()?.id)),
+        };
+        Some(ObjectKey {
+            kind,
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        })
+    }
+}
+
+/// The key of the object a policy was read from.
+pub fn policy_object(id: &PolicyId) -> ObjectKey {
+    // The policies of a CiliumNetworkPolicy's `specs` are named `name#i`.
+    let name = id.name.split('#').next().unwrap_or_default();
+    ObjectKey {
+        kind: ObjectKind::Policy(id.kind),
+        namespace: id.namespace.clone(),
+        name: name.to_owned(),
     }
 }
 
@@ -298,6 +358,35 @@ fn with_mode<T>(root: &Field<'_>, obj: T) -> T {
 }
 
 impl Cluster {
+    /// Every object of the cluster by key, the policies of one object together.
+    pub fn objects(&self) -> BTreeMap<ObjectKey, Object> {
+        let mut out = BTreeMap::new();
+        let mut add = |o: Object| {
+            if let Some(k) = o.key() {
+                out.insert(k, o);
+            }
+        };
+        self.namespaces
+            .values()
+            .for_each(|n| add(Object::Namespace(n.clone())));
+        self.pods.iter().for_each(|p| add(Object::Pod(p.clone())));
+        self.services
+            .iter()
+            .for_each(|s| add(Object::Service(s.clone())));
+        self.endpoint_slices
+            .iter()
+            .for_each(|s| add(Object::EndpointSlice(s.clone())));
+        let mut policies: BTreeMap<ObjectKey, Vec<Policy>> = BTreeMap::new();
+        for p in &self.policies {
+            policies
+                .entry(policy_object(&p.id))
+                .or_default()
+                .push(p.clone());
+        }
+        out.extend(policies.into_iter().map(|(k, p)| (k, Object::Policies(p))));
+        out
+    }
+
     /// Adds an object read from a manifest; call [`Cluster::finish`] when all are in.
     pub fn add(&mut self, obj: Object) {
         match obj {

@@ -88,7 +88,7 @@ impl Sessions {
                 // Denials are remembered for a while; without a sweep, datagrams from ever
                 // new source ports would grow the table for good.
                 table.started = table.started.wrapping_add(1);
-                if table.started % SWEEP_EVERY == 0 {
+                if table.started.is_multiple_of(SWEEP_EVERY) {
                     let now = Instant::now();
                     table.sessions.retain(|_, s| match s {
                         Session::Open(tx) => !tx.is_closed(),

@@ -1,0 +1,475 @@
+//! The Kubernetes source: kube-runtime watchers on Namespaces, Pods, Services,
+//! EndpointSlices and NetworkPolicies, and on PalisadePolicies and CiliumNetworkPolicies
+//! while their CustomResourceDefinitions exist (they may be installed, or removed, at any
+//! time). Each object is read by the same code as a manifest file
+//! ([`palisade_policy::manifest::read_object`]), so an invalid one is refused with the same
+//! message, and its last valid version stays in force.
+//!
+//! The compiler holds what palisade needs of each object, so the watchers keep no store of
+//! their own beyond each object's resourceVersion: 10,000 pods cost a few megabytes, not
+//! the hundreds their API objects would. A relist (after a 410 Gone, or a watch that
+//! cannot resume) is taken whole at its end, so that a policy is never compiled from half
+//! a list.
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::sync::{Arc, Mutex};
+
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, ApiResource, DynamicObject};
+use kube::runtime::watcher::{self, watcher, Event as Watched};
+use kube::runtime::WatchStreamExt;
+use kube::{Resource, ResourceExt};
+use palisade_policy::document::Node;
+use palisade_policy::manifest::{read_object, ObjectKey, ObjectKind, Read};
+use palisade_policy::policy::PolicyKind;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::sync::oneshot;
+
+use crate::auth::PodUids;
+use crate::metrics;
+use crate::source::{Event, Events};
+
+/// Why no client could be made.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot reach the Kubernetes API (no usable kubeconfig or in-cluster ServiceAccount): {0}")]
+pub struct ClientError(#[from] kube::Error);
+
+/// The Kubernetes client every part of the controller shares: from `KUBECONFIG` or
+/// `~/.kube/config`, else from the pod's ServiceAccount, as kube-rs finds them.
+pub async fn client() -> Result<kube::Client, ClientError> {
+    Ok(kube::Client::try_default().await?)
+}
+
+/// The custom resources palisade reads, when their CRDs exist.
+const CUSTOM: [(PolicyKind, &str, &str); 2] = [
+    (
+        PolicyKind::PalisadePolicy,
+        "palisade.dev",
+        "palisadepolicies",
+    ),
+    (
+        PolicyKind::CiliumNetworkPolicy,
+        "cilium.io",
+        "ciliumnetworkpolicies",
+    ),
+];
+
+/// Counts the watchers whose first list is not complete; the source is synced at zero.
+struct Syncing {
+    pending: Mutex<usize>,
+    events: Events,
+}
+
+impl Syncing {
+    fn add(&self) {
+        *self.pending.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+    }
+
+    async fn done(&self) {
+        let zero = {
+            let mut n = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            *n -= 1;
+            *n == 0
+        };
+        if zero {
+            let _ = self.events.send(Event::Synced).await;
+        }
+    }
+}
+
+/// Watches every kind, forever.
+pub async fn watch(client: kube::Client, events: Events, uids: Arc<PodUids>) {
+    let syncing = Arc::new(Syncing {
+        // The core kinds and the CRD watchers; each CRD present adds its objects' watcher.
+        pending: Mutex::new(5 + CUSTOM.len()),
+        events: events.clone(),
+    });
+    let core = |kind| Watcher {
+        kind,
+        events: events.clone(),
+        syncing: Some(syncing.clone()),
+        uids: None,
+        types: None,
+    };
+    let pods = Watcher {
+        uids: Some(uids),
+        ..core(ObjectKind::Pod)
+    };
+    let mut tasks = vec![
+        tokio::spawn(core(ObjectKind::Namespace).run(
+            Api::<Namespace>::all(client.clone()),
+            std::future::pending(),
+        )),
+        tokio::spawn(pods.run(Api::<Pod>::all(client.clone()), std::future::pending())),
+        tokio::spawn(
+            core(ObjectKind::Service)
+                .run(Api::<Service>::all(client.clone()), std::future::pending()),
+        ),
+        tokio::spawn(core(ObjectKind::EndpointSlice).run(
+            Api::<EndpointSlice>::all(client.clone()),
+            std::future::pending(),
+        )),
+        tokio::spawn(core(ObjectKind::Policy(PolicyKind::NetworkPolicy)).run(
+            Api::<NetworkPolicy>::all(client.clone()),
+            std::future::pending(),
+        )),
+    ];
+    for (kind, group, plural) in CUSTOM {
+        let custom = Custom {
+            client: client.clone(),
+            kind,
+            crd: format!("{plural}.{group}"),
+            watcher: core(ObjectKind::Policy(kind)),
+        };
+        tasks.push(tokio::spawn(custom.run()));
+    }
+    for t in tasks {
+        if let Err(e) = t.await {
+            tracing::error!(error = %e, "a watcher stopped");
+        }
+    }
+}
+
+/// One kind's watcher: it sends each object's changes to the compile loop.
+#[derive(Clone)]
+struct Watcher {
+    kind: ObjectKind,
+    events: Events,
+    /// Told when the first list is complete, if it counts towards the source's first sync.
+    syncing: Option<Arc<Syncing>>,
+    /// Where pods' UIDs go (the Pod watcher only).
+    uids: Option<Arc<PodUids>>,
+    /// The `apiVersion` and `kind` of a custom resource: the items of a list carry none,
+    /// and a dynamic object has only what it was given.
+    types: Option<(String, String)>,
+}
+
+/// What a watcher knows of one object.
+struct Known {
+    resource_version: Option<String>,
+    valid: bool,
+}
+
+impl Watcher {
+    fn key(&self, namespace: Option<String>, name: String) -> ObjectKey {
+        ObjectKey {
+            kind: self.kind,
+            namespace: match self.kind {
+                ObjectKind::Namespace => String::new(),
+                _ => namespace.unwrap_or_else(|| "default".into()),
+            },
+            name,
+        }
+    }
+
+    /// Watches until `stop` fires (or forever), then takes back every object it sent.
+    async fn run<K>(self, api: Api<K>, stop: impl std::future::Future<Output = ()> + Send)
+    where
+        K: Resource + Clone + DeserializeOwned + Serialize + Debug + Send + 'static,
+    {
+        let label = kind_label(self.kind);
+        let mut known: HashMap<ObjectKey, Known> = HashMap::new();
+        let mut relist: Option<HashMap<ObjectKey, K>> = None;
+        let mut synced = false;
+        let stream = watcher(api, watcher::Config::default()).default_backoff();
+        futures_util::pin_mut!(stream);
+        futures_util::pin_mut!(stop);
+        loop {
+            let event = tokio::select! {
+                e = stream.next() => e,
+                () = &mut stop => None,
+            };
+            let Some(event) = event else { break };
+            match event {
+                Ok(Watched::Init) => relist = Some(HashMap::new()),
+                Ok(Watched::InitApply(o)) => {
+                    let key = self.key(o.namespace(), o.name_any());
+                    relist.get_or_insert_with(HashMap::new).insert(key, o);
+                }
+                Ok(Watched::InitDone) => {
+                    let listed = relist.take().unwrap_or_default();
+                    let gone: Vec<ObjectKey> = known
+                        .keys()
+                        .filter(|k| !listed.contains_key(*k))
+                        .cloned()
+                        .collect();
+                    for key in gone {
+                        self.remove(&mut known, key).await;
+                    }
+                    for (key, o) in listed {
+                        self.apply(&mut known, key, &o).await;
+                    }
+                    if !synced {
+                        synced = true;
+                        tracing::info!(kind = label, objects = known.len(), "listed");
+                        if let Some(s) = &self.syncing {
+                            s.done().await;
+                        }
+                    }
+                }
+                Ok(Watched::Apply(o)) => {
+                    let key = self.key(o.namespace(), o.name_any());
+                    self.apply(&mut known, key, &o).await;
+                }
+                Ok(Watched::Delete(o)) => {
+                    let key = self.key(o.namespace(), o.name_any());
+                    self.remove(&mut known, key).await;
+                }
+                Err(e) => watch_error(label, &e),
+            }
+        }
+        for key in known.keys().cloned().collect::<Vec<_>>() {
+            self.remove(&mut known, key).await;
+        }
+        if let (false, Some(s)) = (synced, &self.syncing) {
+            s.done().await;
+        }
+    }
+
+    async fn apply<K: Resource + Serialize>(
+        &self,
+        known: &mut HashMap<ObjectKey, Known>,
+        key: ObjectKey,
+        object: &K,
+    ) {
+        let meta = object.meta();
+        let rv = meta.resource_version.clone();
+        if rv.is_some() && known.get(&key).and_then(|k| k.resource_version.as_ref()) == rv.as_ref()
+        {
+            return;
+        }
+        // A pod that ran to completion has given its address back.
+        if let Ok(mut json) = serde_json::to_value(object) {
+            if let (Some((api_version, kind)), Some(map)) = (&self.types, json.as_object_mut()) {
+                map.insert("apiVersion".into(), api_version.clone().into());
+                map.insert("kind".into(), kind.clone().into());
+            }
+            let phase = json.pointer("/status/phase").and_then(|p| p.as_str());
+            if matches!(phase, Some("Succeeded" | "Failed")) {
+                self.remove(known, key).await;
+                return;
+            }
+            if let Some(uids) = &self.uids {
+                uids.set(&pod_key(&key), meta.uid.clone());
+            }
+            let was_valid = known.get(&key).is_none_or(|k| k.valid);
+            match read_object(&Node::from_json(&json)) {
+                Read::Object { object, .. } => {
+                    if !was_valid {
+                        ::metrics::gauge!(metrics::INVALID).decrement(1.0);
+                    }
+                    known.insert(
+                        key,
+                        Known {
+                            resource_version: rv,
+                            valid: true,
+                        },
+                    );
+                    let _ = self.events.send(Event::Apply(object)).await;
+                }
+                Read::Invalid { what, errors } => {
+                    let keeping = if known.contains_key(&key) {
+                        "; its last valid version stays in force"
+                    } else {
+                        "; it is left out"
+                    };
+                    for e in &errors {
+                        tracing::warn!(
+                            "{what} (resourceVersion {}): {}{}{keeping}",
+                            rv.as_deref().unwrap_or("?"),
+                            if e.path.is_empty() {
+                                String::new()
+                            } else {
+                                format!("{}: ", e.path)
+                            },
+                            e.message
+                        );
+                    }
+                    if was_valid {
+                        ::metrics::gauge!(metrics::INVALID).increment(1.0);
+                    }
+                    let entry = known.entry(key).or_insert(Known {
+                        resource_version: None,
+                        valid: false,
+                    });
+                    entry.resource_version = rv;
+                    entry.valid = false;
+                }
+                Read::Skipped { .. } | Read::Syntax(_) => {}
+            }
+        }
+    }
+
+    async fn remove(&self, known: &mut HashMap<ObjectKey, Known>, key: ObjectKey) {
+        if let Some(k) = known.remove(&key) {
+            if !k.valid {
+                ::metrics::gauge!(metrics::INVALID).decrement(1.0);
+            }
+        }
+        if let Some(uids) = &self.uids {
+            uids.set(&pod_key(&key), None);
+        }
+        let _ = self.events.send(Event::Remove(key)).await;
+    }
+}
+
+/// Counts and reports a watch error; the watcher retries it with backoff.
+fn watch_error(kind: &'static str, e: &watcher::Error) {
+    let status = |e: &kube::Error| match e {
+        kube::Error::Api(s) => Some(s.code),
+        _ => None,
+    };
+    let code = match e {
+        watcher::Error::WatchError(s) => Some(s.code),
+        watcher::Error::InitialListFailed(e)
+        | watcher::Error::WatchStartFailed(e)
+        | watcher::Error::WatchFailed(e) => status(e),
+        watcher::Error::NoResourceVersion => None,
+    };
+    ::metrics::counter!(metrics::WATCH_ERRORS, "kind" => kind).increment(1);
+    match code {
+        // The API server's history moved past the watch: the watcher lists again.
+        Some(410) => tracing::info!(kind, "watch history expired (410 Gone); listing again"),
+        Some(401 | 403) => tracing::error!(
+            kind, error = %e,
+            "the controller may not list or watch {kind}: grant it get, list and watch (see the install's ClusterRole); retrying"
+        ),
+        _ => tracing::warn!(kind, error = %e, "watch failed; retrying with backoff"),
+    }
+}
+
+fn pod_key(key: &ObjectKey) -> String {
+    format!("{}/{}", key.namespace, key.name)
+}
+
+fn kind_label(kind: ObjectKind) -> &'static str {
+    match kind {
+        ObjectKind::Namespace => "Namespace",
+        ObjectKind::Pod => "Pod",
+        ObjectKind::Service => "Service",
+        ObjectKind::EndpointSlice => "EndpointSlice",
+        ObjectKind::Policy(k) => k.as_str(),
+    }
+}
+
+/// A custom resource kind, watched while its CRD exists.
+struct Custom {
+    client: kube::Client,
+    kind: PolicyKind,
+    /// The CRD's name, `plural.group`.
+    crd: String,
+    watcher: Watcher,
+}
+
+/// Where a custom resource is served: its group, version and plural.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Served {
+    resource: ApiResource,
+}
+
+/// The version objects are read at: the storage version if it is served, else the first
+/// served; `None` while the CRD is not established.
+fn served(crd: &CustomResourceDefinition) -> Option<Served> {
+    let established = crd
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| {
+            c.iter()
+                .any(|c| c.type_ == "Established" && c.status == "True")
+        });
+    if !established || crd.metadata.deletion_timestamp.is_some() {
+        return None;
+    }
+    let spec = &crd.spec;
+    let version = spec
+        .versions
+        .iter()
+        .find(|v| v.served && v.storage)
+        .or_else(|| spec.versions.iter().find(|v| v.served))?;
+    Some(Served {
+        resource: ApiResource {
+            group: spec.group.clone(),
+            version: version.name.clone(),
+            api_version: format!("{}/{}", spec.group, version.name),
+            kind: spec.names.kind.clone(),
+            plural: spec.names.plural.clone(),
+        },
+    })
+}
+
+impl Custom {
+    /// Follows the CRD: starts the objects' watcher when it is established, stops it (and
+    /// takes back every object) when it goes.
+    async fn run(self) {
+        let api = Api::<CustomResourceDefinition>::all(self.client.clone());
+        let config = watcher::Config::default().fields(&format!("metadata.name={}", self.crd));
+        let stream = watcher(api, config).default_backoff();
+        futures_util::pin_mut!(stream);
+        let mut running: Option<(Served, oneshot::Sender<()>, tokio::task::JoinHandle<()>)> = None;
+        let mut synced = false;
+        let mut listed: Option<Option<Served>> = None;
+        let label = self.kind.as_str();
+        while let Some(event) = stream.next().await {
+            let now = match event {
+                Ok(Watched::Init) => {
+                    listed = Some(None);
+                    continue;
+                }
+                Ok(Watched::InitApply(crd)) => {
+                    listed = Some(served(&crd));
+                    continue;
+                }
+                Ok(Watched::InitDone) => listed.take().flatten(),
+                Ok(Watched::Apply(crd)) => served(&crd),
+                Ok(Watched::Delete(_)) => None,
+                Err(e) => {
+                    watch_error("CustomResourceDefinition", &e);
+                    continue;
+                }
+            };
+            if running.as_ref().map(|r| &r.0) != now.as_ref() {
+                if let Some((_, stop, task)) = running.take() {
+                    tracing::info!(kind = label, "CRD gone or changed; dropping its objects");
+                    let _ = stop.send(());
+                    let _ = task.await;
+                }
+                if let Some(served) = now {
+                    tracing::info!(kind = label, version = %served.resource.api_version, "CRD established; watching its objects");
+                    let (tx, rx) = oneshot::channel();
+                    let api = Api::<DynamicObject>::all_with(self.client.clone(), &served.resource);
+                    let mut watcher = self.watcher.clone();
+                    watcher.types = Some((
+                        served.resource.api_version.clone(),
+                        served.resource.kind.clone(),
+                    ));
+                    // Objects there at start count towards the source's first sync.
+                    watcher.syncing = match (&self.watcher.syncing, synced) {
+                        (Some(s), false) => {
+                            s.add();
+                            Some(s.clone())
+                        }
+                        _ => None,
+                    };
+                    let stop = async move {
+                        let _ = rx.await;
+                    };
+                    let task = tokio::spawn(watcher.run(api, stop));
+                    running = Some((served, tx, task));
+                }
+            }
+            if !synced {
+                synced = true;
+                if let Some(s) = &self.watcher.syncing {
+                    s.done().await;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,429 @@
+//! A test server that answers as the Kubernetes API server does, for the parts the
+//! controller uses, written from the API reference ("API Concepts: efficient detection of
+//! changes", "Watch bookmarks", "Resource versions", and the TokenReview API):
+//!
+//! - a list (`GET /api/v1/pods`) answers a `...List` whose `metadata.resourceVersion` is the
+//!   collection's version at that moment;
+//! - a watch (`?watch=true&resourceVersion=N`) streams one JSON event per line
+//!   (`ADDED`, `MODIFIED`, `DELETED`, `BOOKMARK`) of every change after `N`; when `N` is
+//!   older than the oldest change kept, it answers one `ERROR` event holding a `Status`
+//!   with code 410 (`Expired`), and the client must list again;
+//! - a BOOKMARK event carries only the object's kind and `metadata.resourceVersion`;
+//! - `fieldSelector=metadata.name=X` keeps only that object;
+//! - `POST .../tokenreviews` answers the review of the token from a table of known tokens.
+//!
+//! The test drives it: put and delete objects, send bookmarks, drop every watch in the
+//! middle of its stream, forget the history (so that old versions are "too old").
+
+use std::collections::{BTreeMap, HashMap};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures_util::StreamExt as _;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+type Body = BoxBody<Bytes, Infallible>;
+
+/// What a token reviews as.
+#[derive(Clone, Debug)]
+pub enum TokenAnswer {
+    /// A ServiceAccount token bound to a pod.
+    Pod {
+        namespace: String,
+        name: String,
+        uid: String,
+    },
+    /// Not authenticated, with this error.
+    Invalid(String),
+    /// A valid token that names no pod (a plain ServiceAccount token).
+    Unbound { namespace: String },
+}
+
+struct Watch {
+    collection: String,
+    name: Option<String>,
+    tx: mpsc::UnboundedSender<Bytes>,
+}
+
+#[derive(Default)]
+struct State {
+    rv: u64,
+    /// Versions at or below this one are too old to watch from.
+    compacted: u64,
+    /// Objects by (collection, namespace, name).
+    objects: BTreeMap<(String, String, String), Value>,
+    /// Changes kept: (rv, collection, type, object).
+    history: Vec<(u64, String, &'static str, Value)>,
+    watches: Vec<Watch>,
+    tokens: HashMap<String, TokenAnswer>,
+    /// Every request: (method, path and query).
+    requests: Vec<(String, String)>,
+    /// Every TokenReview request body.
+    reviews: Vec<Value>,
+}
+
+/// The fake API server.
+#[derive(Clone)]
+pub struct FakeApi {
+    state: Arc<Mutex<State>>,
+    pub addr: SocketAddr,
+}
+
+/// The collection an object of this apiVersion and kind is in: `/api/v1/pods`.
+fn collection(object: &Value) -> String {
+    let api_version = object["apiVersion"].as_str().unwrap_or_default();
+    let kind = object["kind"].as_str().unwrap_or_default();
+    let plural = match kind {
+        "NetworkPolicy" => "networkpolicies".to_owned(),
+        "CiliumNetworkPolicy" => "ciliumnetworkpolicies".to_owned(),
+        "PalisadePolicy" => "palisadepolicies".to_owned(),
+        "CustomResourceDefinition" => "customresourcedefinitions".to_owned(),
+        k => format!("{}s", k.to_ascii_lowercase()),
+    };
+    if api_version == "v1" {
+        format!("/api/v1/{plural}")
+    } else {
+        format!("/apis/{api_version}/{plural}")
+    }
+}
+
+fn key(object: &Value) -> (String, String, String) {
+    let meta = &object["metadata"];
+    (
+        collection(object),
+        meta["namespace"].as_str().unwrap_or_default().to_owned(),
+        meta["name"].as_str().unwrap_or_default().to_owned(),
+    )
+}
+
+fn event(kind: &str, object: &Value) -> Bytes {
+    let mut line = serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap();
+    line.push(b'\n');
+    Bytes::from(line)
+}
+
+fn json_response(status: StatusCode, body: &Value) -> Response<Body> {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())).boxed());
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
+    r
+}
+
+fn status(code: u16, reason: &str, message: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+           "message": message, "reason": reason, "code": code})
+}
+
+impl FakeApi {
+    /// Starts serving on a free loopback port.
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let api = FakeApi {
+            state: Arc::new(Mutex::new(State {
+                rv: 100,
+                ..State::default()
+            })),
+            addr: listener.local_addr().unwrap(),
+        };
+        let served = api.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let api = served.clone();
+                let service = service_fn(move |req| {
+                    let api = api.clone();
+                    async move { Ok::<_, Infallible>(api.respond(req).await) }
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service),
+                );
+            }
+        });
+        api
+    }
+
+    /// A kube client for this server.
+    pub fn client(&self) -> kube::Client {
+        let url: http::Uri = format!("http://{}", self.addr).parse().unwrap();
+        let config = kube::Config::new(url);
+        kube::Client::try_from(config).unwrap()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap()
+    }
+
+    /// Creates or replaces an object, with a new resourceVersion (and a UID when it has
+    /// none), and tells the watches.
+    pub fn put(&self, mut object: Value) {
+        let mut s = self.lock();
+        s.rv += 1;
+        let rv = s.rv;
+        let k = key(&object);
+        object["metadata"]["resourceVersion"] = json!(rv.to_string());
+        if object["metadata"]["uid"].is_null() {
+            object["metadata"]["uid"] = json!(format!("uid-{}-{rv}", k.2));
+        }
+        let kind = if s.objects.contains_key(&k) {
+            "MODIFIED"
+        } else {
+            "ADDED"
+        };
+        s.objects.insert(k.clone(), object.clone());
+        s.history.push((rv, k.0.clone(), kind, object.clone()));
+        notify(&mut s, &k, kind, &object);
+    }
+
+    /// Deletes an object; its last state goes out with a new resourceVersion.
+    pub fn delete(&self, api_version: &str, kind: &str, namespace: &str, name: &str) {
+        let mut s = self.lock();
+        let probe = json!({"apiVersion": api_version, "kind": kind,
+                           "metadata": {"namespace": namespace, "name": name}});
+        let k = key(&probe);
+        let Some(mut object) = s.objects.remove(&k) else {
+            panic!("no {k:?} to delete")
+        };
+        s.rv += 1;
+        let rv = s.rv;
+        object["metadata"]["resourceVersion"] = json!(rv.to_string());
+        s.history.push((rv, k.0.clone(), "DELETED", object.clone()));
+        notify(&mut s, &k, "DELETED", &object);
+    }
+
+    /// Sends every watch a BOOKMARK at the current resourceVersion.
+    pub fn bookmark(&self) {
+        let mut s = self.lock();
+        let rv = s.rv.to_string();
+        s.watches.retain(|w| {
+            let kind = kind_of(&w.collection);
+            w.tx.send(event(
+                "BOOKMARK",
+                &json!({"kind": kind, "apiVersion": "v1", "metadata": {"resourceVersion": rv}}),
+            ))
+            .is_ok()
+        });
+    }
+
+    /// Ends every watch in the middle of its stream.
+    pub fn drop_watches(&self) {
+        self.lock().watches.clear();
+    }
+
+    /// Forgets the history: a watch from any version handed out so far gets 410 Gone.
+    pub fn compact(&self) {
+        let mut s = self.lock();
+        s.rv += 1;
+        s.compacted = s.rv;
+        s.history.clear();
+    }
+
+    /// Says how a token reviews.
+    pub fn token(&self, token: &str, answer: TokenAnswer) {
+        self.lock().tokens.insert(token.to_owned(), answer);
+    }
+
+    /// The requests so far, as `METHOD path?query`.
+    pub fn requests(&self) -> Vec<String> {
+        self.lock()
+            .requests
+            .iter()
+            .map(|(m, p)| format!("{m} {p}"))
+            .collect()
+    }
+
+    /// The TokenReview requests so far.
+    pub fn reviews(&self) -> Vec<Value> {
+        self.lock().reviews.clone()
+    }
+
+    /// An object as stored, by collection path, namespace and name.
+    pub fn object(&self, collection: &str, namespace: &str, name: &str) -> Value {
+        self.lock().objects[&(collection.to_owned(), namespace.to_owned(), name.to_owned())].clone()
+    }
+
+    async fn respond(&self, req: Request<Incoming>) -> Response<Body> {
+        let method = req.method().to_string();
+        let path = req.uri().path().to_owned();
+        let query: HashMap<String, String> = req
+            .uri()
+            .query()
+            .unwrap_or_default()
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_owned(), percent_decode(v)))
+            .collect();
+        self.lock().requests.push((
+            method.clone(),
+            format!("{path}?{}", req.uri().query().unwrap_or_default()),
+        ));
+        if method == "POST" && path == "/apis/authentication.k8s.io/v1/tokenreviews" {
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            let review: Value = serde_json::from_slice(&body).unwrap();
+            return self.review(review);
+        }
+        if method != "GET" {
+            return json_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &status(405, "MethodNotAllowed", "not here"),
+            );
+        }
+        let name = query
+            .get("fieldSelector")
+            .and_then(|f| f.strip_prefix("metadata.name="))
+            .map(str::to_owned);
+        if query.get("watch").map(String::as_str) == Some("true") {
+            let from: u64 = query
+                .get("resourceVersion")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            return self.watch(path, name, from);
+        }
+        let s = self.lock();
+        let items: Vec<Value> = s
+            .objects
+            .iter()
+            .filter(|((c, _, n), _)| *c == path && name.as_ref().is_none_or(|x| x == n))
+            .map(|(_, o)| {
+                // List items carry no kind or apiVersion: the list says them.
+                let mut o = o.clone();
+                if let Some(m) = o.as_object_mut() {
+                    m.remove("kind");
+                    m.remove("apiVersion");
+                }
+                o
+            })
+            .collect();
+        let kind = format!("{}List", kind_of(&path));
+        json_response(
+            StatusCode::OK,
+            &json!({"kind": kind, "apiVersion": "v1",
+                    "metadata": {"resourceVersion": s.rv.to_string()}, "items": items}),
+        )
+    }
+
+    fn watch(&self, collection: String, name: Option<String>, from: u64) -> Response<Body> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut s = self.lock();
+        if from < s.compacted {
+            let message = format!("too old resource version: {from} ({})", s.compacted);
+            let _ = tx.send(event("ERROR", &status(410, "Expired", &message)));
+            drop(tx);
+        } else {
+            for (rv, c, kind, object) in &s.history {
+                let n = object["metadata"]["name"].as_str().unwrap_or_default();
+                if *rv > from && *c == collection && name.as_deref().is_none_or(|x| x == n) {
+                    let _ = tx.send(event(kind, object));
+                }
+            }
+            s.watches.push(Watch {
+                collection,
+                name,
+                tx,
+            });
+        }
+        let frames = tokio_stream::wrappers::UnboundedReceiverStream::new(rx)
+            .map(|b| Ok::<_, Infallible>(Frame::data(b)));
+        let mut r = Response::new(BodyExt::boxed(StreamBody::new(frames)));
+        r.headers_mut()
+            .insert("content-type", "application/json".parse().unwrap());
+        r
+    }
+
+    fn review(&self, review: Value) -> Response<Body> {
+        let token = review["spec"]["token"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let mut s = self.lock();
+        s.reviews.push(review.clone());
+        let answer = s.tokens.get(&token).cloned();
+        let audiences = review["spec"]["audiences"].clone();
+        let status = match answer {
+            Some(TokenAnswer::Pod {
+                namespace,
+                name,
+                uid,
+            }) => json!({
+                "authenticated": true,
+                "audiences": audiences,
+                "user": {
+                    "username": format!("system:serviceaccount:{namespace}:default"),
+                    "uid": "sa-uid",
+                    "groups": ["system:serviceaccounts", "system:authenticated"],
+                    "extra": {
+                        "authentication.kubernetes.io/pod-name": [name],
+                        "authentication.kubernetes.io/pod-uid": [uid],
+                    },
+                },
+            }),
+            Some(TokenAnswer::Unbound { namespace }) => json!({
+                "authenticated": true,
+                "audiences": audiences,
+                "user": {"username": format!("system:serviceaccount:{namespace}:default")},
+            }),
+            Some(TokenAnswer::Invalid(error)) => json!({"authenticated": false, "error": error}),
+            None => json!({"authenticated": false, "error": "invalid bearer token"}),
+        };
+        json_response(
+            StatusCode::CREATED,
+            &json!({"kind": "TokenReview", "apiVersion": "authentication.k8s.io/v1",
+                    "metadata": {"creationTimestamp": null}, "spec": review["spec"], "status": status}),
+        )
+    }
+}
+
+fn notify(s: &mut State, k: &(String, String, String), kind: &str, object: &Value) {
+    let line = event(kind, object);
+    s.watches.retain(|w| {
+        if w.collection != k.0 || w.name.as_ref().is_some_and(|n| *n != k.2) {
+            return !w.tx.is_closed();
+        }
+        w.tx.send(line.clone()).is_ok()
+    });
+}
+
+fn kind_of(collection: &str) -> String {
+    let plural = collection.rsplit('/').next().unwrap_or_default();
+    match plural {
+        "networkpolicies" => "NetworkPolicy".into(),
+        "ciliumnetworkpolicies" => "CiliumNetworkPolicy".into(),
+        "palisadepolicies" => "PalisadePolicy".into(),
+        "customresourcedefinitions" => "CustomResourceDefinition".into(),
+        "endpointslices" => "EndpointSlice".into(),
+        p => {
+            let singular = p.strip_suffix('s').unwrap_or(p);
+            let mut c = singular.chars();
+            c.next()
+                .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                .unwrap_or_default()
+        }
+    }
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(if bytes[i] == b'+' { b' ' } else { bytes[i] });
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
