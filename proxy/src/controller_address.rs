@@ -1,8 +1,9 @@
 //! The controller's address, in every form users write it: `https://[fd00::1]:7443`,
 //! `https://controller.palisade-system.svc:7443`, `controller:7443`, `[fd00::1]:7443`,
-//! `10.0.0.1`. The policy stream is TLS: `https://` or no scheme; `http://` is refused. Parsed once at start, so that a bad address stops the proxy with a clear
-//! message rather than failing every reconnection; printed back with brackets around IPv6
-//! literals, the only form a URL allows.
+//! `10.0.0.1`. The policy stream is TLS: `https://` or no scheme; `http://` is refused.
+//! Parsed once at start, so that a bad address stops the proxy with a clear message rather
+//! than failing every reconnection; printed back with brackets around IPv6 literals, the
+//! only form a URL allows.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -196,7 +197,7 @@ mod tests {
             ("10.0.0.1:9000", "https://10.0.0.1:9000"),
             ("10.0.0.1", "https://10.0.0.1:7443"),
             (
-                "HTTP://Controller.Palisade-System.svc:7443",
+                "HTTPS://Controller.Palisade-System.svc:7443",
                 "https://controller.palisade-system.svc:7443",
             ),
             ("controller:7443", "https://controller:7443"),
