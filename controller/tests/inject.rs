@@ -225,7 +225,11 @@ fn a_plain_pod_in_an_injected_namespace_gets_init_and_a_native_sidecar() {
     );
     let mount = &proxy.volume_mounts.as_ref().unwrap()[0];
     assert_eq!(
-        (mount.name.as_str(), mount.mount_path.as_str(), mount.read_only),
+        (
+            mount.name.as_str(),
+            mount.mount_path.as_str(),
+            mount.read_only
+        ),
         ("palisade-token", "/var/run/secrets/palisade", Some(true))
     );
     assert_eq!(
