@@ -48,7 +48,7 @@ pub struct Args {
     #[arg(long, env = "PALISADE_MAX_STREAM_AGE", default_value = "30m", value_parser = humantime::parse_duration)]
     max_stream_age: Duration,
     /// Where /metrics, /healthz and /readyz are served.
-    #[arg(long, env = "PALISADE_METRICS", default_value = "0.0.0.0:9090")]
+    #[arg(long, env = "PALISADE_METRICS", default_value = "[::]:9090")]
     metrics: SocketAddr,
     /// How often the source folder is checked for changes.
     #[arg(long, env = "PALISADE_POLL", default_value = "250ms", value_parser = humantime::parse_duration)]

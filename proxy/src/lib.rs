@@ -192,7 +192,7 @@ pub async fn run(config: Config) -> Result<(), ListenError> {
     }
     let admin = tcp_listener("admin", config.admin)?;
     tokio::spawn(admin::serve(admin, state.clone(), metrics));
-    tracing::info!(pod = %config.pod, controllers = ?config.controllers, "proxy started");
+    tracing::info!(pod = %config.pod, controllers = %config.controllers.iter().map(ToString::to_string).collect::<Vec<_>>().join(","), "proxy started");
     client::run(config, state).await;
     Ok(())
 }

@@ -193,8 +193,8 @@ fn field_env(name: &str, path: &str) -> Value {
     json!({"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}})
 }
 
-fn http_probe(period: u32, failures: u32) -> Value {
-    json!({"httpGet": {"path": "/healthz", "port": "metrics"}, "periodSeconds": period, "failureThreshold": failures, "timeoutSeconds": 2})
+fn http_probe(path: &str, period: u32, failures: u32) -> Value {
+    json!({"httpGet": {"path": path, "port": "metrics"}, "periodSeconds": period, "failureThreshold": failures, "timeoutSeconds": 2})
 }
 
 fn deployment(a: &Args) -> Value {
@@ -202,11 +202,11 @@ fn deployment(a: &Args) -> Value {
     let mut args: Vec<String> = vec!["controller".into()];
     // The cluster's state comes from the Kubernetes API (no --source).
     args.extend([
-        "--listen=0.0.0.0:7443".into(),
+        "--listen=[::]:7443".into(),
         format!("--tls-cert={TLS_DIR}/tls.crt"),
         format!("--tls-key={TLS_DIR}/tls.key"),
-        "--metrics=0.0.0.0:9090".into(),
-        "--webhook-listen=0.0.0.0:8443".into(),
+        "--metrics=[::]:9090".into(),
+        "--webhook-listen=[::]:8443".into(),
         format!("--webhook-cert={TLS_DIR}/tls.crt"),
         format!("--webhook-key={TLS_DIR}/tls.key"),
         format!("--stream-url=https://{SERVICE}.{ns}.svc:7443"),
@@ -259,8 +259,8 @@ fn deployment(a: &Args) -> Value {
                             {"name": "webhook", "containerPort": 8443, "protocol": "TCP"},
                             {"name": "metrics", "containerPort": 9090, "protocol": "TCP"},
                         ],
-                        "readinessProbe": http_probe(5, 2),
-                        "livenessProbe": http_probe(10, 3),
+                        "readinessProbe": http_probe("/readyz", 5, 2),
+                        "livenessProbe": http_probe("/healthz", 10, 3),
                         "resources": {
                             "requests": {"cpu": "100m", "memory": "128Mi"},
                             "limits": {"memory": "512Mi"},
