@@ -9,7 +9,7 @@ use http_body_util::Full;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
 
 use crate::store::Store;
@@ -37,6 +37,14 @@ pub const WATCH_ERRORS: &str = "palisade_controller_watch_errors_total";
 pub const WEBHOOK_REQUESTS: &str = "palisade_webhook_requests_total";
 /// Messages sent on policy streams.
 pub const STREAM_MESSAGES: &str = "palisade_controller_stream_messages_total";
+/// Seconds from a change reaching the controller to its message handed to a proxy's
+/// stream (batching, compiling, waking the stream, encoding), per stream it changed.
+pub const PUSH_SECONDS: &str = "palisade_controller_push_seconds";
+
+/// Buckets of [`PUSH_SECONDS`]: a histogram, so that replicas can be aggregated.
+const PUSH_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
 
 /// Installs the global recorder (once per process: later calls get the same handle, so
 /// that several controllers of one process, as tests run them, all serve it).
@@ -46,7 +54,10 @@ pub fn install() -> Option<PrometheusHandle> {
 }
 
 fn install_once() -> Option<PrometheusHandle> {
-    let recorder = PrometheusBuilder::new().build_recorder();
+    let recorder = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full(PUSH_SECONDS.to_owned()), PUSH_BUCKETS)
+        .ok()?
+        .build_recorder();
     let handle = recorder.handle();
     ::metrics::set_global_recorder(recorder).ok()?;
     ::metrics::describe_gauge!(STREAMS, "Policy streams open now");
@@ -76,6 +87,11 @@ fn install_once() -> Option<PrometheusHandle> {
         "Errors of the Kubernetes watches, by kind; each is retried with backoff"
     );
     ::metrics::describe_counter!(STREAM_MESSAGES, "Messages sent on policy streams");
+    ::metrics::describe_histogram!(
+        PUSH_SECONDS,
+        ::metrics::Unit::Seconds,
+        "Time from a change reaching the controller to its message handed to a proxy's stream"
+    );
     Some(handle)
 }
 

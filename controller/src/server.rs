@@ -209,8 +209,13 @@ async fn respond(req: Request<Incoming>, streams: &Streams) -> Response<Body> {
         state,
         move |(store, pod, mut rx, mut cursor, guard)| async move {
             loop {
-                rx.borrow_and_update();
+                let woken_by = *rx.borrow_and_update();
+                let pushed = cursor.started();
                 if let Some(update) = store.next_update(&pod, &mut cursor) {
+                    if let Some(received) = store.received(woken_by).filter(|_| pushed) {
+                        ::metrics::histogram!(metrics::PUSH_SECONDS)
+                            .record(received.elapsed().as_secs_f64());
+                    }
                     let frame = wire::encode(&update);
                     ::metrics::counter!(metrics::STREAM_BYTES).increment(frame.len() as u64);
                     ::metrics::counter!(metrics::STREAM_MESSAGES).increment(1);

@@ -44,6 +44,7 @@ pub fn start(store: Arc<Store>) -> std::io::Result<Events> {
 fn compile_loop(mut rx: mpsc::Receiver<Event>, store: &Store) {
     let mut compiler = Compiler::default();
     while let Some(first) = rx.blocking_recv() {
+        let received = Instant::now();
         let mut synced = false;
         let mut events = 0usize;
         let mut take = |event: Event, compiler: &mut Compiler| {
@@ -61,7 +62,7 @@ fn compile_loop(mut rx: mpsc::Receiver<Event>, store: &Store) {
         }
         let start = Instant::now();
         let changes = compiler.take_changes();
-        let published = store.publish(&compiler, &changes);
+        let published = store.publish(&compiler, &changes, received);
         let took = start.elapsed();
         ::metrics::histogram!(metrics::COMPILE_SECONDS).record(took.as_secs_f64());
         ::metrics::gauge!(metrics::PODS).set(store.pods() as f64);

@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, RwLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use palisade_policy::compile::{Changes, Compiler};
 use palisade_policy::compiled::{ById, IpSet, MapId, NamedPortMap, PodPolicy, SetId};
@@ -16,6 +16,10 @@ use tokio::sync::watch;
 /// How many Service changes are kept for streams that are behind; a stream further behind
 /// starts again from a resync.
 const SERVICE_LOG: usize = 4096;
+
+/// How many versions keep the time their changes reached the controller (a stream further
+/// behind records no push latency).
+const RECEIVED_LOG: usize = 256;
 
 /// The compiled policies of every pod, and the channels their streams wait on.
 pub struct Store {
@@ -39,6 +43,8 @@ struct Published {
     /// Streams that saw a version before this one have missed Service changes.
     service_log_since: u64,
     channels: HashMap<String, watch::Sender<u64>>,
+    /// When the changes behind the latest versions reached the controller, newest last.
+    received: VecDeque<(u64, Instant)>,
 }
 
 /// Where a stream is: what it sent, and the version whose Services it has.
@@ -46,6 +52,13 @@ struct Published {
 pub struct Cursor {
     sent: Sent,
     services_at: Option<u64>,
+}
+
+impl Cursor {
+    /// Whether the stream has sent its first message (later ones are pushes of changes).
+    pub fn started(&self) -> bool {
+        self.services_at.is_some()
+    }
 }
 
 /// What one publication did.
@@ -77,6 +90,7 @@ impl Default for Store {
                 service_log: VecDeque::new(),
                 service_log_since: start,
                 channels: HashMap::new(),
+                received: VecDeque::new(),
             }),
         }
     }
@@ -98,7 +112,8 @@ fn index(users: &mut HashMap<u32, HashSet<String>>, ids: &[u32], pod: &str, add:
 impl Store {
     /// Publishes what a batch changed, as the compiler now has it. The pods' policies are
     /// compiled before the lock is taken.
-    pub fn publish(&self, compiler: &Compiler, changes: &Changes) -> Publication {
+    /// `received` is when the first change of the batch reached the controller.
+    pub fn publish(&self, compiler: &Compiler, changes: &Changes, received: Instant) -> Publication {
         let bodies: Vec<(String, Option<PodPolicy<ById>>)> = changes
             .pods
             .iter()
@@ -108,6 +123,10 @@ impl Store {
         let p = &mut *inner;
         p.version += 1;
         let version = p.version;
+        p.received.push_back((version, received));
+        if p.received.len() > RECEIVED_LOG {
+            p.received.pop_front();
+        }
         let mut woken: HashSet<String> = HashSet::new();
         let mut policies = 0;
         for (pod, body) in bodies {
@@ -260,6 +279,13 @@ impl Store {
         )
     }
 
+    /// When the changes behind `version` reached the controller, if it is recent.
+    pub fn received(&self, version: u64) -> Option<Instant> {
+        let p = self.read();
+        let i = p.received.partition_point(|(v, _)| *v < version);
+        p.received.get(i).filter(|(v, _)| *v == version).map(|(_, t)| *t)
+    }
+
     /// How many pods have a policy.
     pub fn pods(&self) -> usize {
         self.read().pods.len()
@@ -308,7 +334,7 @@ mod tests {
         let store = Store::default();
         let mut compiler = Compiler::default();
         let changes = load(&mut compiler, &cluster(""));
-        assert_eq!(store.publish(&compiler, &changes).policies, 2);
+        assert_eq!(store.publish(&compiler, &changes, Instant::now()).policies, 2);
         let mut a = store.subscribe("x/a");
         let mut b = store.subscribe("x/b");
         assert!(
@@ -329,7 +355,7 @@ mod tests {
 
         let changes = load(&mut compiler, &cluster(DENY_A));
         assert_eq!(
-            store.publish(&compiler, &changes).policies,
+            store.publish(&compiler, &changes, Instant::now()).policies,
             1,
             "only x/a is selected"
         );
@@ -351,7 +377,7 @@ mod tests {
         assert!(store.next_update("x/a", &mut Cursor::default()).is_none());
         let mut compiler = Compiler::default();
         let changes = load(&mut compiler, &cluster(""));
-        store.publish(&compiler, &changes);
+        store.publish(&compiler, &changes, Instant::now());
         assert!(rx.has_changed().unwrap());
         rx.borrow_and_update();
         assert!(store.next_update("x/a", &mut Cursor::default()).is_some());

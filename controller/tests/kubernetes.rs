@@ -646,6 +646,27 @@ async fn a_proxy_survives_the_loss_of_a_replica() {
         eventually(WAIT, || has(&["10.0.0.1"])).await,
         "the first policy arrives"
     );
+    // A change on the open stream is pushed, and its latency timed in a histogram (whose
+    // buckets, unlike a summary's quantiles, let replicas be aggregated).
+    api.put(pod("x", "d", "a", "10.0.0.4"));
+    assert!(eventually(WAIT, || has(&["10.0.0.1", "10.0.0.4"])).await);
+    let m = metrics(one.metrics).await;
+    let count = |name: &str| -> f64 {
+        m.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(
+        count("palisade_controller_push_seconds_count") >= 1.0,
+        "a push was timed: {m}"
+    );
+    assert_eq!(
+        count("palisade_controller_push_seconds_bucket{le=\"+Inf\"}"),
+        count("palisade_controller_push_seconds_count"),
+        "{m}"
+    );
+    api.put(pod("x", "d", "z", "10.0.0.4"));
+    assert!(eventually(WAIT, || has(&["10.0.0.1"])).await);
 
     // One replica dies mid-stream; the proxy keeps its policy meanwhile, reconnects to the
     // other, and follows the next change from there.
