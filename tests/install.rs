@@ -153,6 +153,7 @@ fn strict(v: &Value) -> Result<(), String> {
         ("v1", "ServiceAccount") => round_trip::<core::v1::ServiceAccount>(v),
         ("v1", "Secret") => round_trip::<core::v1::Secret>(v),
         ("v1", "Service") => round_trip::<core::v1::Service>(v),
+        ("v1", "ConfigMap") => round_trip::<core::v1::ConfigMap>(v),
         ("apps/v1", "Deployment") => round_trip::<apps::v1::Deployment>(v),
         ("policy/v1", "PodDisruptionBudget") => round_trip::<policy::v1::PodDisruptionBudget>(v),
         ("rbac.authorization.k8s.io/v1", "ClusterRole") => round_trip::<rbac::v1::ClusterRole>(v),
@@ -493,6 +494,36 @@ fn the_chart_can_take_its_tls_from_cert_manager() {
         certs[0]["spec"]["issuerRef"],
         json!({"name": "corp-ca", "kind": "ClusterIssuer"})
     );
+}
+
+#[test]
+fn the_chart_can_install_the_grafana_dashboard() {
+    assert!(
+        !documents(&render(None))
+            .iter()
+            .any(|o| o["kind"] == "ConfigMap"),
+        "off by default"
+    );
+    let yaml = render(Some("dashboards: {enabled: true}\n"));
+    let chart = documents(&yaml);
+    let map = find(&chart, "ConfigMap", "palisade-dashboard");
+    assert_eq!(map["metadata"]["namespace"], "palisade-system");
+    assert_eq!(map["metadata"]["labels"]["grafana_dashboard"], "1");
+    let shipped: Value = serde_json::from_str(
+        map["data"]["palisade.json"]
+            .as_str()
+            .expect("the dashboard as text"),
+    )
+    .expect("the ConfigMap holds the dashboard's JSON");
+    let file: Value = serde_json::from_str(
+        &std::fs::read_to_string(Path::new(ROOT).join("charts/palisade/dashboards/palisade.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(shipped, file);
+    assert_strict(&chart);
+    let (ok, report) = kubernetes_validate(&yaml);
+    assert!(ok, "{report}");
 }
 
 #[test]

@@ -1,6 +1,6 @@
 // Command render renders a Helm chart's templates the way `helm template` does, for the
-// subset of Helm that palisade's chart uses (.Values, .Release, .Chart, include, toYaml,
-// and sprig's functions), so that a test can render the chart where Helm is not
+// subset of Helm that palisade's chart uses (.Values, .Release, .Chart, .Files.Get,
+// include, toYaml, and sprig's functions), so that a test can render the chart where Helm is not
 // installable. It builds with Debian's Go and packaged libraries only (GOPATH mode).
 //
 // CRDs in crds/ are printed first, as `helm template --include-crds` does.
@@ -47,6 +47,18 @@ func readYAML(path string) (map[string]interface{}, error) {
 	return out, nil
 }
 
+// chartFiles is .Files: the chart's other files, read by path relative to the chart.
+type chartFiles struct{ dir string }
+
+// Get returns a file's content, or "" when it cannot be read, as Helm's .Files.Get does.
+func (f chartFiles) Get(name string) string {
+	text, err := os.ReadFile(filepath.Join(f.dir, filepath.FromSlash(name)))
+	if err != nil {
+		return ""
+	}
+	return string(text)
+}
+
 func fail(format string, args ...interface{}) {
 	fmt.Fprintf(os.Stderr, "render: "+format+"\n", args...)
 	os.Exit(1)
@@ -74,6 +86,7 @@ func main() {
 	}
 	root := map[string]interface{}{
 		"Values":  values,
+		"Files":   chartFiles{dir},
 		"Release": map[string]interface{}{"Name": release, "Namespace": namespace, "Service": "Helm"},
 		"Chart": map[string]interface{}{
 			"Name": chart["name"], "Version": chart["version"], "AppVersion": chart["appVersion"],

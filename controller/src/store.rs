@@ -113,7 +113,12 @@ impl Store {
     /// Publishes what a batch changed, as the compiler now has it. The pods' policies are
     /// compiled before the lock is taken.
     /// `received` is when the first change of the batch reached the controller.
-    pub fn publish(&self, compiler: &Compiler, changes: &Changes, received: Instant) -> Publication {
+    pub fn publish(
+        &self,
+        compiler: &Compiler,
+        changes: &Changes,
+        received: Instant,
+    ) -> Publication {
         let bodies: Vec<(String, Option<PodPolicy<ById>>)> = changes
             .pods
             .iter()
@@ -283,7 +288,10 @@ impl Store {
     pub fn received(&self, version: u64) -> Option<Instant> {
         let p = self.read();
         let i = p.received.partition_point(|(v, _)| *v < version);
-        p.received.get(i).filter(|(v, _)| *v == version).map(|(_, t)| *t)
+        p.received
+            .get(i)
+            .filter(|(v, _)| *v == version)
+            .map(|(_, t)| *t)
     }
 
     /// How many pods have a policy.
@@ -334,7 +342,10 @@ mod tests {
         let store = Store::default();
         let mut compiler = Compiler::default();
         let changes = load(&mut compiler, &cluster(""));
-        assert_eq!(store.publish(&compiler, &changes, Instant::now()).policies, 2);
+        assert_eq!(
+            store.publish(&compiler, &changes, Instant::now()).policies,
+            2
+        );
         let mut a = store.subscribe("x/a");
         let mut b = store.subscribe("x/b");
         assert!(
