@@ -16,6 +16,7 @@ pub mod compiled;
 pub mod diff;
 pub mod document;
 pub mod explain;
+pub mod flows;
 pub mod fqdn;
 pub mod generate;
 pub mod http;

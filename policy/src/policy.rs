@@ -53,7 +53,7 @@ impl fmt::Display for PolicyId {
 }
 
 /// A traffic direction, seen from the pod a policy selects.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
     /// Connections to the pod.

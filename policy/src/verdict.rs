@@ -11,7 +11,7 @@ use crate::http::Request;
 use crate::policy::{PolicyId, L7};
 
 /// What happens to a flow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Action {
     /// Allowed.
