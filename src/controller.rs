@@ -50,6 +50,17 @@ pub struct Args {
     /// Where /metrics, /healthz and /readyz are served.
     #[arg(long, env = "PALISADE_METRICS", default_value = "[::]:9090")]
     metrics: SocketAddr,
+    /// Where the recent flows proxies report are served (NDJSON, `/v1/flows`): loopback,
+    /// so that only `kubectl port-forward` (RBAC `pods/portforward` on the controller's
+    /// pods) and `palisade flows` through it reach them.
+    #[arg(long, env = "PALISADE_FLOWS_LISTEN", default_value = "127.0.0.1:9091")]
+    flows_listen: SocketAddr,
+    /// How many flow records the window keeps, at most (the oldest go first).
+    #[arg(long, env = "PALISADE_FLOW_WINDOW_RECORDS", default_value_t = palisade_controller::flows::DEFAULT_RECORDS)]
+    flow_window_records: usize,
+    /// How long the window keeps a flow record.
+    #[arg(long, env = "PALISADE_FLOW_WINDOW_AGE", default_value = "1h", value_parser = humantime::parse_duration)]
+    flow_window_age: Duration,
     /// How often the source folder is checked for changes.
     #[arg(long, env = "PALISADE_POLL", default_value = "250ms", value_parser = humantime::parse_duration)]
     poll: Duration,
@@ -226,6 +237,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             source,
             listen: args.listen,
             metrics: Some(args.metrics),
+            flows: Some(args.flows_listen),
+            flow_window: palisade_controller::flows::Limits {
+                records: args.flow_window_records,
+                age: args.flow_window_age,
+            },
             tls_cert: args.tls_cert,
             tls_key: args.tls_key,
             tokens: args.tokens,

@@ -399,6 +399,7 @@ fn main() {
         auth: Authenticator::Static(StaticTokens::open(&dir.join("tokens.csv")).unwrap()),
         uids: None,
         max_age: Duration::from_secs(3600),
+        flows: Arc::new(palisade_controller::flows::Window::new(Default::default())),
     });
     let addr: SocketAddr = controller.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -7,6 +7,7 @@
 //! never serve a policy to a proxy that cannot prove it runs in that pod.
 
 pub mod auth;
+pub mod flows;
 pub mod folder;
 pub mod heartbeat;
 pub mod inject;
@@ -46,6 +47,11 @@ pub struct Config {
     pub source: Source,
     /// Where proxies connect for their policy streams.
     pub listen: SocketAddr,
+    /// Where the window of recent flows is served (NDJSON), if anywhere: meant for
+    /// loopback, reached through `kubectl port-forward`.
+    pub flows: Option<SocketAddr>,
+    /// The bounds of that window.
+    pub flow_window: flows::Limits,
     /// Where `/metrics`, `/healthz` and `/readyz` are served, if anywhere.
     pub metrics: Option<SocketAddr>,
     /// The stream's certificate chain (PEM), read again when it changes.
@@ -156,12 +162,19 @@ pub async fn run_with(config: Config, client: Option<kube::Client>) -> Result<()
         (Source::Kubernetes, None, None) => return Err(Error::Options("no Kubernetes client")),
     };
     let listener = bind(config.listen).await?;
+    let window = Arc::new(flows::Window::new(config.flow_window));
     let streams = Arc::new(server::Streams {
         store: store.clone(),
         auth,
         uids: uids.clone(),
         max_age: config.max_stream_age,
+        flows: window.clone(),
     });
+    if let Some(addr) = config.flows {
+        let listener = bind(addr).await?;
+        tracing::info!(listen = %addr, "recent flows served");
+        tokio::spawn(flows::serve(listener, window));
+    }
     tokio::spawn(server::serve(listener, tls, streams));
     if let (Some(addr), Some(handle)) = (config.metrics, handle) {
         let listener = bind(addr).await?;

@@ -46,6 +46,18 @@ const PUSH_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// Flow records taken from proxies' batches, by result (`kept`; `dropped-by-proxy`: what
+/// proxies could not queue).
+pub const FLOW_RECORDS: &str = "palisade_controller_flow_records_total";
+/// Flow records that left the window, by reason (`age`, `count`).
+pub const FLOW_EVICTED: &str = "palisade_controller_flow_records_evicted_total";
+/// Flow records in the window now.
+pub const FLOW_WINDOW_RECORDS: &str = "palisade_controller_flow_window_records";
+/// Bytes the window's records take, roughly.
+pub const FLOW_WINDOW_BYTES: &str = "palisade_controller_flow_window_bytes";
+/// New flow records a follower (`flows --follow`) missed because it fell behind.
+pub const FLOW_FOLLOW_MISSED: &str = "palisade_controller_flow_follow_missed_total";
+
 /// Installs the global recorder (once per process: later calls get the same handle, so
 /// that several controllers of one process, as tests run them, all serve it).
 pub fn install() -> Option<PrometheusHandle> {
@@ -91,6 +103,24 @@ fn install_once() -> Option<PrometheusHandle> {
         PUSH_SECONDS,
         ::metrics::Unit::Seconds,
         "Time from a change reaching the controller to its message handed to a proxy's stream"
+    );
+    ::metrics::describe_counter!(
+        FLOW_RECORDS,
+        "Flow records taken from proxies' batches, by result (kept, dropped-by-proxy)"
+    );
+    ::metrics::describe_counter!(
+        FLOW_EVICTED,
+        "Flow records that left the window, by reason (age, count)"
+    );
+    ::metrics::describe_gauge!(FLOW_WINDOW_RECORDS, "Flow records in the window now");
+    ::metrics::describe_gauge!(
+        FLOW_WINDOW_BYTES,
+        ::metrics::Unit::Bytes,
+        "Memory the window's flow records take, roughly"
+    );
+    ::metrics::describe_counter!(
+        FLOW_FOLLOW_MISSED,
+        "New flow records a follower missed because it fell behind"
     );
     Some(handle)
 }

@@ -3,6 +3,10 @@
 //! changed, as [`palisade_policy::wire`] frames them. A request must carry the pod's token
 //! (`Authorization: Bearer`); it is answered 401 (no valid token), 403 (a token for another
 //! pod) or 503 (the controller cannot tell yet) with a message that says why.
+//!
+//! The same connection takes the proxy's flow reports: `POST /v1/flows/{namespace}/{name}`
+//! with the same token, accepted only for the pod the token is bound to (see
+//! [`crate::flows`]).
 
 use std::collections::hash_map::RandomState;
 use std::convert::Infallible;
@@ -19,12 +23,14 @@ use hyper::body::{Frame, Incoming};
 use hyper::server::conn::http2;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use palisade_policy::flows::{FlowBatch, REPORT_PATH};
 use palisade_policy::wire;
 use rustls::ServerConfig;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 use crate::auth::{authorize, Authenticator, PodUids, Refusal};
+use crate::flows::{Window, MAX_BATCH_BYTES};
 use crate::metrics;
 use crate::store::{Cursor, Store};
 
@@ -44,6 +50,8 @@ pub struct Streams {
     /// How long a stream lasts before the proxy must reconnect (and present its token
     /// again, and spread over the replicas again); a tenth more or less at random.
     pub max_age: Duration,
+    /// Where proxies' flow reports go.
+    pub flows: Arc<Window>,
 }
 
 /// Serves policy streams forever.
@@ -153,12 +161,26 @@ fn bearer(req: &Request<Incoming>) -> Option<&str> {
 }
 
 async fn respond(req: Request<Incoming>, streams: &Streams) -> Response<Body> {
-    let Some(pod) = req.uri().path().strip_prefix("/v1/policy/") else {
-        return plain(
-            StatusCode::NOT_FOUND,
-            "not found: ask for /v1/policy/{namespace}/{name}\n".into(),
-        );
+    let path = req.uri().path().to_owned();
+    let (pod, report) = match (
+        path.strip_prefix("/v1/policy/"),
+        path.strip_prefix(REPORT_PATH),
+    ) {
+        (Some(pod), _) => (pod, false),
+        (_, Some(pod)) => (pod, true),
+        _ => {
+            return plain(
+                StatusCode::NOT_FOUND,
+                format!("not found: ask for /v1/policy/{{namespace}}/{{name}} or POST {REPORT_PATH}{{namespace}}/{{name}}\n"),
+            )
+        }
     };
+    if report != (req.method() == http::Method::POST) {
+        return plain(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "GET a policy stream, POST flow reports\n".into(),
+        );
+    }
     if pod.split('/').count() != 2 || pod.split('/').any(str::is_empty) {
         return plain(
             StatusCode::BAD_REQUEST,
@@ -179,7 +201,7 @@ async fn respond(req: Request<Incoming>, streams: &Streams) -> Response<Body> {
         Ok(id) => id,
         Err(refusal) => return refuse(pod, refusal),
     };
-    if !streams.store.ready() {
+    if !report && !streams.store.ready() {
         return refuse(
             pod,
             Refusal {
@@ -191,6 +213,9 @@ async fn respond(req: Request<Incoming>, streams: &Streams) -> Response<Body> {
     }
     if let Err(refusal) = authorize(&identity, pod, streams.uids.as_ref()) {
         return refuse(pod, refusal);
+    }
+    if report {
+        return take_report(req, pod, streams).await;
     }
     tracing::debug!(%pod, "proxy connected");
     let store = streams.store.clone();
@@ -235,4 +260,37 @@ async fn respond(req: Request<Incoming>, streams: &Streams) -> Response<Body> {
         http::HeaderValue::from_static(wire::MEDIA_TYPE),
     );
     r
+}
+
+/// Takes a proxy's batch of flow records, for the pod its token proved.
+async fn take_report(req: Request<Incoming>, pod: &str, streams: &Streams) -> Response<Body> {
+    let body = match http_body_util::Limited::new(req.into_body(), MAX_BATCH_BYTES)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            return plain(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("cannot read the batch (at most {MAX_BATCH_BYTES} bytes): {e}\n"),
+            )
+        }
+    };
+    let batch: FlowBatch = match serde_json::from_slice(&body) {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::info!(%pod, error = %e, "malformed flow batch");
+            return plain(
+                StatusCode::BAD_REQUEST,
+                format!("not a flow batch: {e}\n"),
+            );
+        }
+    };
+    let kept = streams.flows.add(
+        pod,
+        batch,
+        &streams.store.directory,
+        std::time::SystemTime::now(),
+    );
+    plain(StatusCode::OK, format!("kept {kept} records\n"))
 }

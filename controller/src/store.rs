@@ -24,6 +24,8 @@ const RECEIVED_LOG: usize = 256;
 /// The compiled policies of every pod, and the channels their streams wait on.
 pub struct Store {
     inner: RwLock<Published>,
+    /// Every pod's addresses, to name the ends of reported flows.
+    pub directory: crate::flows::Directory,
 }
 
 struct Published {
@@ -92,6 +94,7 @@ impl Default for Store {
                 channels: HashMap::new(),
                 received: VecDeque::new(),
             }),
+            directory: crate::flows::Directory::default(),
         }
     }
 }
@@ -119,6 +122,9 @@ impl Store {
         changes: &Changes,
         received: Instant,
     ) -> Publication {
+        for key in &changes.pods {
+            self.directory.update(key, compiler.pod(key));
+        }
         let bodies: Vec<(String, Option<PodPolicy<ById>>)> = changes
             .pods
             .iter()

@@ -347,6 +347,8 @@ impl Replica {
             source: Source::Kubernetes,
             listen: addr,
             metrics: Some(metrics),
+            flows: None,
+            flow_window: Default::default(),
             tls_cert: cert.to_owned(),
             tls_key: key.to_owned(),
             tokens: None,

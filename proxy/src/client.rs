@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use palisade_policy::compiled::stream_path;
@@ -22,6 +22,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, RootCertStore};
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 use tokio_rustls::TlsConnector;
 
 use crate::config::{CaSource, Config};
@@ -163,8 +164,34 @@ fn tls_config(config: &Config) -> Result<Arc<ClientConfig>, StreamError> {
     Ok(Arc::new(c))
 }
 
+/// The connection a policy stream holds open to a controller, which flow reports share so
+/// that they reach the replica the proxy streams from, with the same TLS and token.
+#[derive(Clone)]
+pub struct Connection {
+    /// The controller's address, as the stream's requests name it.
+    pub target: ControllerAddress,
+    /// Sends requests on the connection.
+    pub sender: http2::SendRequest<Full<Bytes>>,
+}
+
+/// The current connection to the controller, if the stream is up.
+#[derive(Clone, Default)]
+pub struct Link(Arc<watch::Sender<Option<Connection>>>);
+
+impl Link {
+    /// Wakes on each new connection (and when it goes).
+    pub fn subscribe(&self) -> watch::Receiver<Option<Connection>> {
+        self.0.subscribe()
+    }
+}
+
 /// Keeps the pod's policy up to date, forever.
 pub async fn run(config: Arc<Config>, state: PolicyState) {
+    run_linked(config, state, Link::default()).await;
+}
+
+/// Keeps the pod's policy up to date, forever, sharing each connection through `link`.
+pub async fn run_linked(config: Arc<Config>, state: PolicyState, link: Link) {
     let mut delay = MIN_BACKOFF;
     let random = std::collections::hash_map::RandomState::new();
     let mut next = 0usize;
@@ -181,7 +208,11 @@ pub async fn run(config: Arc<Config>, state: PolicyState) {
                     .join(","),
                 "no address to connect to",
             )),
-            Some((target, addr)) => stream(&config, target, *addr, &state, &mut received).await,
+            Some((target, addr)) => {
+                let r = stream(&config, target, *addr, &state, &link, &mut received).await;
+                link.0.send_replace(None);
+                r
+            }
         };
         match result {
             Ok(()) => tracing::info!("policy stream ended; reconnecting"),
@@ -209,6 +240,7 @@ async fn stream(
     target: &ControllerAddress,
     addr: SocketAddr,
     state: &PolicyState,
+    link: &Link,
     received: &mut bool,
 ) -> Result<(), StreamError> {
     let tls = tls_config(config)?;
@@ -235,9 +267,13 @@ async fn stream(
         .keep_alive_interval(Duration::from_secs(5))
         .keep_alive_timeout(Duration::from_secs(5))
         .keep_alive_while_idle(true)
-        .handshake::<_, Empty<Bytes>>(TokioIo::new(tls))
+        .handshake::<_, Full<Bytes>>(TokioIo::new(tls))
         .await?;
     let driver = tokio::spawn(connection);
+    link.0.send_replace(Some(Connection {
+        target: target.clone(),
+        sender: sender.clone(),
+    }));
     let result = async {
         let authority = target.authority();
         let request = Request::get(format!("{target}{}", stream_path(&config.pod)))
@@ -246,7 +282,7 @@ async fn stream(
                 http::header::AUTHORIZATION,
                 format!("Bearer {}", token.trim()),
             )
-            .body(Empty::new())
+            .body(Full::new(Bytes::new()))
             .map_err(|_| StreamError::Address(authority.clone(), "cannot build a request"))?;
         let response = sender.send_request(request).await?;
         let status = response.status();

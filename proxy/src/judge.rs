@@ -15,6 +15,7 @@ use palisade_policy::verdict::{decide, Action, Verdict};
 use crate::config::{Config, FailMode};
 use crate::flowlog::{self, Entry, FlowLog, RequestEntry};
 use crate::metrics;
+use crate::report::Reporter;
 use crate::state::{Current, PolicyState, Snapshot};
 use tokio::sync::watch;
 
@@ -105,16 +106,18 @@ pub struct Judge {
     config: Arc<Config>,
     state: PolicyState,
     log: FlowLog,
+    reporter: Reporter,
     next_backend: Arc<AtomicUsize>,
 }
 
 impl Judge {
     /// A judge over the pod's policy state.
-    pub fn new(config: Arc<Config>, state: PolicyState, log: FlowLog) -> Self {
+    pub fn new(config: Arc<Config>, state: PolicyState, log: FlowLog, reporter: Reporter) -> Self {
         Self {
             config,
             state,
             log,
+            reporter,
             next_backend: Arc::new(AtomicUsize::new(0)),
         }
     }
@@ -182,6 +185,9 @@ impl Judge {
             None => self.without_policy(flow),
         };
         metrics::counter_flow(flow, j.action);
+        if j.action == Action::Allow {
+            self.reporter.count(flow, &j);
+        }
         if j.action != Action::Allow || self.log.logs_allowed() {
             self.log(flow, &j, None);
         }
@@ -350,6 +356,24 @@ impl Judge {
         event: Option<&'static str>,
         request: Option<RequestEntry<'_>>,
     ) {
+        if action != Action::Allow {
+            // The policies that refused it: those whose HTTP rules did not allow a request,
+            // else those that isolate the pod's side (none: the fail mode or the proxy).
+            let policies = match request.as_ref().and_then(|r| r.policy) {
+                Some(p) => p.split(", ").map(str::to_owned).collect(),
+                None if reason == "no-policy" || reason == "proxy-port" => Vec::new(),
+                None => self.state.current().map_or_else(Vec::new, |s| {
+                    s.policy
+                        .side(flow.direction)
+                        .policies
+                        .iter()
+                        .map(|p| p.id.to_string())
+                        .collect()
+                }),
+            };
+            self.reporter
+                .record(flow, action, &reason, policies, request.as_ref());
+        }
         self.log.write(&Entry {
             time: flowlog::now(),
             pod: &self.config.pod,

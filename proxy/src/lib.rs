@@ -57,6 +57,7 @@ pub mod inbound;
 pub mod judge;
 pub mod metrics;
 pub mod original_dst;
+pub mod report;
 pub mod outbound;
 pub mod splice;
 pub mod state;
@@ -137,7 +138,8 @@ pub async fn run(config: Config) -> Result<(), ListenError> {
         addr: config.admin,
         source,
     })?;
-    let judge = Judge::new(config.clone(), state.clone(), log);
+    let reporter = report::Reporter::default();
+    let judge = Judge::new(config.clone(), state.clone(), log, reporter.clone());
 
     tcp::check_transparent();
     let ipv6 = ipv6_up();
@@ -193,6 +195,8 @@ pub async fn run(config: Config) -> Result<(), ListenError> {
     let admin = tcp_listener("admin", config.admin)?;
     tokio::spawn(admin::serve(admin, state.clone(), metrics));
     tracing::info!(pod = %config.pod, controllers = %config.controllers.iter().map(ToString::to_string).collect::<Vec<_>>().join(","), "proxy started");
-    client::run(config, state).await;
+    let link = client::Link::default();
+    tokio::spawn(reporter.run(config.clone(), link.clone()));
+    client::run_linked(config, state, link).await;
     Ok(())
 }

@@ -32,6 +32,11 @@ pub const INSPECTED: &str = "palisade_inspected_connections_total";
 /// Flow log lines dropped because the writer could not keep up.
 pub const FLOW_LOG_DROPPED: &str = "palisade_flow_log_dropped_total";
 
+/// Flow report batches posted to the controller, by result (`sent`, `failed`).
+pub const FLOW_BATCHES: &str = "palisade_flow_batches_total";
+/// Flow records not reported, by reason (`queue-full`, `send-failed`).
+pub const FLOW_RECORDS_DROPPED: &str = "palisade_flow_records_dropped_total";
+
 /// Installs the global recorder and returns the handle `/metrics` renders.
 pub fn install() -> Option<PrometheusHandle> {
     let builder = PrometheusBuilder::new()
@@ -89,6 +94,14 @@ fn describe() {
     describe_counter!(
         INSPECTED,
         "Connections inspected as HTTP, by direction and detected protocol (http1, http2, tls, other, silent)"
+    );
+    describe_counter!(
+        FLOW_BATCHES,
+        "Flow report batches posted to the controller, by result (sent, failed)"
+    );
+    describe_counter!(
+        FLOW_RECORDS_DROPPED,
+        "Flow records not reported to the controller, by reason (queue-full, send-failed)"
     );
     describe_counter!(
         FLOW_LOG_DROPPED,
