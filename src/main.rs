@@ -5,6 +5,7 @@ mod check;
 mod controller;
 mod diff;
 mod explain;
+mod flows;
 mod generate;
 mod init;
 mod install;
@@ -13,6 +14,7 @@ mod load;
 mod logging;
 mod probe;
 mod proxy;
+mod rollout;
 mod simulate;
 mod status;
 
@@ -43,6 +45,11 @@ enum Command {
     Explain(explain::Args),
     /// Propose least-privilege NetworkPolicies for a namespace from observed flows.
     Generate(generate::Args),
+    /// The flows proxies reported to the controllers, like `hubble observe`.
+    Flows(flows::Args),
+    /// Move a namespace from audit to enforce: what would be denied, and the mode switch.
+    #[command(subcommand)]
+    Rollout(rollout::Command),
     /// Install the iptables rules that send a pod's traffic through its proxy (init container).
     Init(init::Args),
     /// Run the sidecar proxy that enforces one pod's policy.
@@ -71,6 +78,8 @@ fn main() -> ExitCode {
         Command::Diff(args) => diff::run(args),
         Command::Explain(args) => explain::run(args),
         Command::Generate(args) => generate::run(args),
+        Command::Flows(args) => flows::run(args),
+        Command::Rollout(command) => rollout::run(command),
         Command::Init(args) => init::run(args),
         Command::Proxy(args) => proxy::run(args),
         Command::Controller(args) => controller::run(args),

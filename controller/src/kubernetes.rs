@@ -46,6 +46,46 @@ pub async fn client() -> Result<kube::Client, ClientError> {
     Ok(kube::Client::try_default().await?)
 }
 
+/// Why a namespace's mode could not be set.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot set {annotation} on namespace {namespace}: {source}")]
+pub struct ModeError {
+    annotation: &'static str,
+    namespace: String,
+    #[source]
+    source: kube::Error,
+}
+
+/// Sets a namespace's `palisade.dev/mode` annotation (`enforce` or `audit`) with a merge
+/// patch, which touches nothing else; returns the mode it had.
+pub async fn set_namespace_mode(
+    client: kube::Client,
+    namespace: &str,
+    mode: &str,
+) -> Result<Option<String>, ModeError> {
+    let error = |source| ModeError {
+        annotation: palisade_policy::cluster::MODE_ANNOTATION,
+        namespace: namespace.to_owned(),
+        source,
+    };
+    let api: Api<Namespace> = Api::all(client);
+    let before = api.get(namespace).await.map_err(error)?;
+    let patch = serde_json::json!({"metadata": {"annotations": {
+        palisade_policy::cluster::MODE_ANNOTATION: mode
+    }}});
+    api.patch(
+        namespace,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&patch),
+    )
+    .await
+    .map_err(error)?;
+    Ok(before
+        .annotations()
+        .get(palisade_policy::cluster::MODE_ANNOTATION)
+        .cloned())
+}
+
 /// The custom resources palisade reads, when their CRDs exist.
 const CUSTOM: [(PolicyKind, &str, &str); 2] = [
     (

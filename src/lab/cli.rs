@@ -127,6 +127,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
         }
         eprintln!("  logs and manifests: {}", lab.workdir().display());
+        eprintln!(
+            "  flows the proxies report: palisade flows --lab {0} [--follow]\n  \
+             audit to enforce: palisade rollout status|enforce|audit NAMESPACE --lab {0}",
+            lab.workdir().display()
+        );
         while !interrupted() {
             std::thread::sleep(Duration::from_millis(100));
         }

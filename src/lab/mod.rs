@@ -104,6 +104,35 @@ impl Drop for WorkDir {
     }
 }
 
+/// The file in a lab's work folder that tells `palisade flows --lab` and `rollout --lab`
+/// where the lab is.
+pub const LAB_STATE: &str = "lab.json";
+
+/// What a lab leaves for the CLI in its work folder.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct LabState {
+    /// The node's network namespace, where the controller runs.
+    pub netns: String,
+    /// The controller's flows address in that namespace.
+    pub flows: SocketAddr,
+    /// The folder of manifests the controller reads.
+    pub manifests: PathBuf,
+}
+
+impl LabState {
+    /// Reads a lab's state from its work folder.
+    pub fn read(dir: &Path) -> anyhow::Result<Self> {
+        let path = dir.join(LAB_STATE);
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "cannot read {} (is a lab kept up there with palisade lab --keep?)",
+                path.display()
+            )
+        })?;
+        serde_json::from_str(&text).with_context(|| format!("{}: not a lab state", path.display()))
+    }
+}
+
 /// A running lab. Dropping it stops every process and removes every namespace and file.
 pub struct Lab {
     // Fields drop in this order: processes first, then the agents, then the namespaces.
@@ -308,6 +337,12 @@ impl Lab {
         let mut processes =
             Processes::new(options.binary.clone(), workdir.0.join("logs"), credentials)?;
         processes.start_controller(&network.node, &manifests)?;
+        let state = LabState {
+            netns: network.node.name().to_owned(),
+            flows: processes::FLOWS_ADDR,
+            manifests: manifests.clone(),
+        };
+        std::fs::write(workdir.0.join(LAB_STATE), serde_json::to_vec_pretty(&state)?)?;
         for pod in &cluster.pods {
             let Some(spec) = specs.get(&pod.key()) else {
                 continue;

@@ -20,6 +20,8 @@ use super::netns::Netns;
 
 /// The controller's policy stream port.
 pub const CONTROLLER_PORT: u16 = 7443;
+/// Where the lab's controller serves recent flows, in the node's namespace.
+pub const FLOWS_ADDR: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9091);
 
 /// How a proxy is started.
 #[derive(Debug, Clone)]
@@ -142,6 +144,7 @@ impl Processes {
             .arg("--tokens")
             .arg(&self.credentials.tokens)
             .args(["--metrics", "127.0.0.1:9090", "--poll", "100ms"])
+            .args(["--flows-listen", &FLOWS_ADDR.to_string()])
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
