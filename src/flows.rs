@@ -32,7 +32,7 @@ pub struct Reach {
 #[derive(Debug, Clone)]
 enum Target {
     Url(String),
-    Lab { netns: String, addr: SocketAddr },
+    Lab { netns: PathBuf, addr: SocketAddr },
 }
 
 impl Reach {
@@ -101,9 +101,9 @@ impl Ask {
 
 /// Connects to `addr` from inside the network namespace `netns` (a thread enters it, opens
 /// the socket, and leaves with the thread).
-fn connect_in(netns: &str, addr: SocketAddr) -> std::io::Result<std::net::TcpStream> {
+fn connect_in(netns: &Path, addr: SocketAddr) -> std::io::Result<std::net::TcpStream> {
     use std::os::fd::AsRawFd;
-    let file = std::fs::File::open(Path::new("/run/netns").join(netns))?;
+    let file = std::fs::File::open(netns)?;
     std::thread::scope(|s| {
         s.spawn(|| {
             // SAFETY: setns on a valid descriptor changes only this thread, which ends here.

@@ -372,3 +372,107 @@ pub async fn serve(listener: TcpListener, window: Arc<Window>) {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use palisade_policy::ports::Protocol;
+    use palisade_policy::verdict::Action;
+
+    fn record(dst: &str) -> FlowRecord {
+        FlowRecord {
+            time: "t".into(),
+            pod: "forged/by-the-proxy".into(),
+            direction: Direction::Egress,
+            action: Action::Deny,
+            protocol: Protocol::Tcp,
+            src: "10.0.0.1:40000".parse().unwrap(),
+            dst: dst.parse().unwrap(),
+            service: None,
+            reason: "no-rule-matched".into(),
+            policies: vec![],
+            http: None,
+            count: 1,
+            source: None,
+            destination: None,
+        }
+    }
+
+    fn batch(dsts: &[&str]) -> FlowBatch {
+        FlowBatch {
+            records: dsts.iter().map(|d| record(d)).collect(),
+            dropped: 0,
+        }
+    }
+
+    fn pod(ns: &str, name: &str, ip: &str) -> Pod {
+        let text = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}, labels: {{app: {name}}}}}\n\
+             spec: {{containers: [{{name: c}}]}}\nstatus: {{podIP: {ip}}}\n"
+        );
+        let mut cluster = palisade_policy::cluster::Cluster::default();
+        let mut report = palisade_policy::manifest::Report::default();
+        palisade_policy::manifest::load_str(&mut cluster, "pod.yaml", &text, &mut report);
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        cluster.pods.into_iter().next().unwrap()
+    }
+
+    #[test]
+    fn the_window_keeps_the_newest_records_within_its_count_and_age() {
+        let window = Window::new(Limits {
+            records: 3,
+            age: Duration::from_secs(60),
+        });
+        let directory = Directory::default();
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let all = Filter::default();
+        window.add("a/x", batch(&["10.0.0.2:1", "10.0.0.2:2"]), &directory, t0);
+        window.add("a/x", batch(&["10.0.0.2:3", "10.0.0.2:4"]), &directory, t0 + Duration::from_secs(30));
+        let ports = |since, now| -> Vec<u16> {
+            window.recent(&all, since, now).iter().map(|(r, _)| r.dst.port()).collect()
+        };
+        let now = t0 + Duration::from_secs(31);
+        assert_eq!(ports(None, now), vec![2, 3, 4], "the oldest goes past the count");
+        assert_eq!(window.size().0, 3);
+        assert!(window.size().1 > 0, "the bytes are counted");
+        assert_eq!(ports(Some(Duration::from_secs(5)), now), vec![3, 4], "since");
+        // Past the age of the first batch only its records go; past both, all do.
+        assert_eq!(ports(None, t0 + Duration::from_secs(61)), vec![3, 4]);
+        assert_eq!(ports(None, t0 + Duration::from_secs(91)), Vec::<u16>::new());
+        assert_eq!(window.size(), (0, 0), "memory is given back");
+    }
+
+    #[test]
+    fn records_name_their_ends_and_the_reporting_pod_from_the_token_not_the_batch() {
+        let window = Window::new(Limits::default());
+        let directory = Directory::default();
+        let web = pod("shop", "web-1", "10.0.0.1");
+        directory.update("shop/web-1", Some(&web));
+        directory.update("data/db-0", Some(&pod("data", "db-0", "10.0.0.2")));
+        let now = SystemTime::now();
+        window.add("shop/web-1", batch(&["10.0.0.2:5432", "192.0.2.9:443"]), &directory, now);
+        let got = window.recent(&Filter::default(), None, now);
+        let (to_db, outside) = (&got[0].0, &got[1].0);
+        assert_eq!(to_db.pod, "shop/web-1");
+        assert_eq!(to_db.source.as_ref().unwrap().workload, "web-1");
+        assert_eq!(to_db.destination.as_ref().unwrap().key(), "data/db-0");
+        assert_eq!(outside.destination, None, "an address no pod has stays an address");
+        // A pod that is gone no longer names its address.
+        directory.update("data/db-0", None);
+        window.add("shop/web-1", batch(&["10.0.0.2:5432"]), &directory, now);
+        let got = window.recent(&Filter::default(), None, now);
+        assert_eq!(got[2].0.destination, None);
+        // Each record is kept with its NDJSON line.
+        let line: FlowRecord = serde_json::from_slice(&got[0].1).unwrap();
+        assert_eq!(&line, &*got[0].0);
+    }
+
+    #[test]
+    fn read_queries_are_checked() {
+        assert!(query("namespace=shop&since=5m&follow=true").is_ok());
+        assert!(query("verdict=maybe").unwrap_err().contains("maybe"));
+        assert!(query("since=soon").unwrap_err().contains("since"));
+        assert!(query("colour=red").unwrap_err().contains("colour"));
+        assert!(query("follow&summary").unwrap_err().contains("together"));
+    }
+}

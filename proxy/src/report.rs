@@ -1,6 +1,7 @@
 //! Flow reports: the proxy posts what it judged to the controller it streams its policy
-//! from, on the same HTTP/2 connection (same CA, same token), once a second or as soon as
-//! [`EARLY`] records wait. Refused and would-deny flows go one record each; allowed flows
+//! from, on the same HTTP/2 connection (same CA, same token): allowed-flow counts once a
+//! second, refused flows [`GATHER`] after the first of a batch (so that `palisade flows
+//! --follow` shows them at once, and a burst still goes as one batch). Refused and would-deny flows go one record each; allowed flows
 //! are counted per source, destination, port and policy, so the controller sees what
 //! flows happen without one record per connection. Everything waits in bounded memory:
 //! what does not fit is dropped and counted, and no flow ever waits for a report.
@@ -30,8 +31,8 @@ use crate::metrics;
 pub const MAX_RECORDS: usize = 4096;
 /// Distinct allowed flows counted between two batches, at most.
 pub const MAX_COUNTS: usize = 4096;
-/// A batch goes early when this many records wait.
-pub const EARLY: usize = 512;
+/// How long a batch waits for more records after the first refused flow.
+pub const GATHER: Duration = Duration::from_millis(50);
 /// How often a batch goes.
 pub const INTERVAL: Duration = Duration::from_secs(1);
 /// How long posting a batch may take.
@@ -181,7 +182,7 @@ impl Reporter {
             source: None,
             destination: None,
         });
-        if pending.records.len() == EARLY {
+        if pending.records.len() == 1 {
             self.wake.notify_one();
         }
     }
@@ -202,9 +203,12 @@ impl Reporter {
     pub async fn run(self, config: Arc<Config>, link: Link) {
         let mut connection = link.subscribe();
         loop {
-            tokio::select! {
-                () = tokio::time::sleep(INTERVAL) => {}
-                () = self.wake.notified() => {}
+            let woken = tokio::select! {
+                () = tokio::time::sleep(INTERVAL) => false,
+                () = self.wake.notified() => true,
+            };
+            if woken {
+                tokio::time::sleep(GATHER).await;
             }
             let waiting = {
                 let p = self.lock();

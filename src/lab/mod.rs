@@ -111,8 +111,8 @@ pub const LAB_STATE: &str = "lab.json";
 /// What a lab leaves for the CLI in its work folder.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct LabState {
-    /// The node's network namespace, where the controller runs.
-    pub netns: String,
+    /// The node's network namespace (`/run/netns/NAME`), where the controller runs.
+    pub netns: PathBuf,
     /// The controller's flows address in that namespace.
     pub flows: SocketAddr,
     /// The folder of manifests the controller reads.
@@ -338,7 +338,7 @@ impl Lab {
             Processes::new(options.binary.clone(), workdir.0.join("logs"), credentials)?;
         processes.start_controller(&network.node, &manifests)?;
         let state = LabState {
-            netns: network.node.name().to_owned(),
+            netns: network.node.path(),
             flows: processes::FLOWS_ADDR,
             manifests: manifests.clone(),
         };
