@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use fakeapi::{FakeApi, TokenAnswer};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Empty, Full};
 use palisade_controller::auth::PodUids;
 use palisade_controller::store::{Cursor, Store};
 use palisade_controller::{kubernetes, source, Config, Source};
@@ -322,6 +322,7 @@ struct Replica {
     runtime: Option<tokio::runtime::Runtime>,
     addr: SocketAddr,
     metrics: SocketAddr,
+    flows: SocketAddr,
 }
 
 impl Replica {
@@ -343,11 +344,12 @@ impl Replica {
             .build()
             .unwrap();
         let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let flows: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let config = Config {
             source: Source::Kubernetes,
             listen: addr,
             metrics: Some(metrics),
-            flows: None,
+            flows: Some(flows),
             flow_window: Default::default(),
             tls_cert: cert.to_owned(),
             tls_key: key.to_owned(),
@@ -366,6 +368,7 @@ impl Replica {
             runtime: Some(runtime),
             addr,
             metrics,
+            flows,
         }
     }
 
@@ -382,9 +385,8 @@ impl Drop for Replica {
     }
 }
 
-/// Asks the stream server for a pod's policy with `token`; returns the status and, for a
-/// refusal, the body.
-async fn ask(addr: SocketAddr, ca: &Path, pod: &str, token: Option<&str>) -> (u16, String) {
+/// An HTTP/2 connection to the stream server over TLS, trusting `ca`.
+async fn h2(addr: SocketAddr, ca: &Path) -> hyper::client::conn::http2::SendRequest<Full<Bytes>> {
     let mut roots = rustls::RootCertStore::empty();
     for c in rustls_pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
         roots.add(c.unwrap()).unwrap();
@@ -403,36 +405,63 @@ async fn ask(addr: SocketAddr, ca: &Path, pod: &str, token: Option<&str>) -> (u1
         .connect(name, tcp)
         .await
         .unwrap();
-    let (mut sender, conn) =
+    let (sender, conn) =
         hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-            .handshake::<_, Empty<Bytes>>(hyper_util::rt::TokioIo::new(stream))
+            .handshake::<_, Full<Bytes>>(hyper_util::rt::TokioIo::new(stream))
             .await
             .unwrap();
     tokio::spawn(conn);
-    let mut req = http::Request::get(format!("https://{addr}/v1/policy/{pod}"));
+    sender
+}
+
+/// Sends `method path` with `token` and `body` to the stream server; returns the status
+/// and, unless it is a 200 to a GET (a stream that does not end), the body.
+async fn call(
+    addr: SocketAddr,
+    ca: &Path,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &str,
+) -> (u16, String) {
+    let mut sender = h2(addr, ca).await;
+    let mut req = http::Request::builder()
+        .method(method)
+        .uri(format!("https://{addr}{path}"));
     if let Some(t) = token {
         req = req.header("authorization", format!("Bearer {t}"));
     }
     let response = sender
-        .send_request(req.body(Empty::new()).unwrap())
+        .send_request(req.body(Full::new(Bytes::from(body.to_owned()))).unwrap())
         .await
         .unwrap();
     let status = response.status().as_u16();
-    if status == 200 {
+    if status == 200 && method == "GET" {
         return (status, String::new());
     }
     let body = response.into_body().collect().await.unwrap().to_bytes();
     (status, String::from_utf8_lossy(&body).into_owned())
 }
 
+/// Asks the stream server for a pod's policy with `token`; returns the status and, for a
+/// refusal, the body.
+async fn ask(addr: SocketAddr, ca: &Path, pod: &str, token: Option<&str>) -> (u16, String) {
+    call(addr, ca, "GET", &format!("/v1/policy/{pod}"), token, "").await
+}
+
 async fn metrics(addr: SocketAddr) -> String {
+    get(addr, "/metrics").await
+}
+
+/// The body of a plain HTTP GET.
+async fn get(addr: SocketAddr, path: &str) -> String {
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(hyper_util::rt::TokioIo::new(tcp))
             .await
             .unwrap();
     tokio::spawn(conn);
-    let req = http::Request::get("/metrics")
+    let req = http::Request::get(path)
         .header("host", "x")
         .body(Empty::new())
         .unwrap();
@@ -706,4 +735,122 @@ async fn a_proxy_survives_the_loss_of_a_replica() {
         "the new token was presented"
     );
     let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flow_reports_are_taken_only_for_the_pod_the_token_is_bound_to() {
+    let api = FakeApi::start().await;
+    base(&api);
+    let dir = temp_dir("flows");
+    let (ca, cert, key) = certificates(&dir);
+    let replica = Replica::start(&api, &cert, &key);
+    api.token(
+        "b",
+        TokenAnswer::Pod {
+            namespace: "x".into(),
+            name: "b".into(),
+            uid: api_uid(&api, "x", "b"),
+        },
+    );
+    api.token(
+        "a",
+        TokenAnswer::Pod {
+            namespace: "x".into(),
+            name: "a".into(),
+            uid: api_uid(&api, "x", "a"),
+        },
+    );
+    // Ready once b's own policy is served.
+    let mut ready = false;
+    for _ in 0..400 {
+        if tokio::net::TcpStream::connect(replica.addr).await.is_ok()
+            && ask(replica.addr, &ca, "x/b", Some("b")).await.0 == 200
+        {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ready, "the controller serves x/b");
+    // b's proxy refused a connection to c; the batch claims another pod, which is ignored.
+    let batch = json!({"records": [{
+        "time": "2026-01-01T00:00:00.000Z", "pod": "x/c", "direction": "egress",
+        "action": "deny", "protocol": "TCP", "src": "10.0.0.2:40000", "dst": "10.0.0.3:80",
+        "reason": "no-rule-matched", "policies": ["x/b-egress"]}]})
+    .to_string();
+    let post = |token: Option<&'static str>, body: String| {
+        let ca = ca.clone();
+        async move { call(replica.addr, &ca, "POST", "/v1/flows/x/b", token, &body).await }
+    };
+    for (token, status, says) in [
+        (None, 401, "no bearer token"),
+        (Some("not-a-token"), 401, "not valid"),
+        (Some("a"), 403, "issued for pod x/a"),
+    ] {
+        let (got, body) = post(token, batch.clone()).await;
+        assert_eq!(got, status, "{token:?}: {body}");
+        assert!(body.contains(says), "{token:?}: {body}");
+    }
+    assert_eq!(get(replica.flows, "/v1/flows").await, "", "nothing was kept");
+    let (got, body) = post(Some("b"), "{not json".into()).await;
+    assert_eq!(got, 400, "{body}");
+    assert!(body.contains("not a flow batch"), "{body}");
+
+    let (got, body) = post(Some("b"), batch.clone()).await;
+    assert_eq!((got, body.as_str()), (200, "kept 1 records\n"));
+    let kept = get(replica.flows, "/v1/flows").await;
+    let records: Vec<Value> = kept.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(records.len(), 1, "{kept}");
+    let r = &records[0];
+    assert_eq!(r["pod"], "x/b", "the token's pod, not the batch's claim");
+    assert_eq!(r["source"], json!({"namespace": "x", "pod": "b", "workload": "b"}));
+    assert_eq!(r["destination"], json!({"namespace": "x", "pod": "c", "workload": "c"}));
+    // a's own token reports for a; readers filter.
+    let (got, _) = call(replica.addr, &ca, "POST", "/v1/flows/x/a", Some("a"), &batch).await;
+    assert_eq!(got, 200);
+    assert_eq!(get(replica.flows, "/v1/flows").await.lines().count(), 2);
+    let of_a = get(replica.flows, "/v1/flows?pod=x/a").await;
+    assert_eq!(of_a.lines().count(), 1, "{of_a}");
+    assert!(get(replica.flows, "/v1/flows?verdict=maybe").await.contains("maybe"));
+    let m = metrics(replica.metrics).await;
+    assert!(
+        m.lines().any(|l| l == "palisade_controller_flow_window_records 2"),
+        "{m}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollout_sets_a_namespace_mode_with_a_merge_patch_through_the_api() {
+    let api = FakeApi::start().await;
+    base(&api);
+    let before = kubernetes::set_namespace_mode(api.client(), "x", "audit")
+        .await
+        .unwrap();
+    assert_eq!(before, None);
+    let ns = api.object("/api/v1/namespaces", "", "x");
+    assert_eq!(ns["metadata"]["annotations"]["palisade.dev/mode"], "audit");
+    assert_eq!(ns["metadata"]["labels"]["team"], "red", "the rest is kept");
+    let before = kubernetes::set_namespace_mode(api.client(), "x", "enforce")
+        .await
+        .unwrap();
+    assert_eq!(before.as_deref(), Some("audit"));
+    let ns = api.object("/api/v1/namespaces", "", "x");
+    assert_eq!(ns["metadata"]["annotations"]["palisade.dev/mode"], "enforce");
+    let patches = api.patches();
+    assert_eq!(patches.len(), 2);
+    let (path, content_type, body) = &patches[1];
+    assert_eq!(path, "/api/v1/namespaces/x");
+    assert_eq!(content_type, "application/merge-patch+json");
+    assert_eq!(
+        body,
+        &json!({"metadata": {"annotations": {"palisade.dev/mode": "enforce"}}}),
+        "only the annotation"
+    );
+    let e = kubernetes::set_namespace_mode(api.client(), "absent", "enforce")
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("namespace absent"), "{e}");
+    assert!(e.to_string().contains("not found"), "{e}");
+    assert_eq!(api.patches().len(), 2, "nothing patched for an unknown namespace");
 }

@@ -10,7 +10,11 @@
 //!   with code 410 (`Expired`), and the client must list again;
 //! - a BOOKMARK event carries only the object's kind and `metadata.resourceVersion`;
 //! - `fieldSelector=metadata.name=X` keeps only that object;
-//! - `POST .../tokenreviews` answers the review of the token from a table of known tokens.
+//! - `POST .../tokenreviews` answers the review of the token from a table of known tokens;
+//! - `GET` and `PATCH` of one cluster-scoped object (`/api/v1/namespaces/x`): a PATCH with
+//!   `Content-Type: application/merge-patch+json` merges its body as RFC 7386 says, stores
+//!   the result with a new resourceVersion (watches see `MODIFIED`) and answers it; an
+//!   unknown object is a 404 `NotFound` Status.
 //!
 //! The test drives it: put and delete objects, send bookmarks, drop every watch in the
 //! middle of its stream, forget the history (so that old versions are "too old").
@@ -69,6 +73,8 @@ struct State {
     requests: Vec<(String, String)>,
     /// Every TokenReview request body.
     reviews: Vec<Value>,
+    /// Every PATCH: (path, content type, body).
+    patches: Vec<(String, String, Value)>,
 }
 
 /// The fake API server.
@@ -246,6 +252,11 @@ impl FakeApi {
         self.lock().reviews.clone()
     }
 
+    /// The PATCH requests so far: path, content type and body.
+    pub fn patches(&self) -> Vec<(String, String, Value)> {
+        self.lock().patches.clone()
+    }
+
     /// An object as stored, by collection path, namespace and name.
     pub fn object(&self, collection: &str, namespace: &str, name: &str) -> Value {
         self.lock().objects[&(collection.to_owned(), namespace.to_owned(), name.to_owned())].clone()
@@ -270,6 +281,9 @@ impl FakeApi {
             let body = req.into_body().collect().await.unwrap().to_bytes();
             let review: Value = serde_json::from_slice(&body).unwrap();
             return self.review(review);
+        }
+        if let Some(answer) = self.one_object(req, &method, &path).await {
+            return answer;
         }
         if method != "GET" {
             return json_response(
@@ -309,6 +323,60 @@ impl FakeApi {
             &json!({"kind": kind, "apiVersion": "v1",
                     "metadata": {"resourceVersion": s.rv.to_string()}, "items": items}),
         )
+    }
+
+    /// GET or PATCH of one cluster-scoped object; `None` when the path is not one.
+    async fn one_object(
+        &self,
+        req: Request<Incoming>,
+        method: &str,
+        path: &str,
+    ) -> Option<Response<Body>> {
+        let (collection, name) = path.rsplit_once('/')?;
+        let key = (collection.to_owned(), String::new(), name.to_owned());
+        let object = {
+            let s = self.lock();
+            let cluster_scoped = s
+                .objects
+                .keys()
+                .any(|(c, ns, _)| c == collection && ns.is_empty());
+            if !cluster_scoped {
+                return None;
+            }
+            s.objects.get(&key).cloned()
+        };
+        let Some(mut object) = object else {
+            return Some(json_response(
+                StatusCode::NOT_FOUND,
+                &status(404, "NotFound", &format!("{name:?} not found")),
+            ));
+        };
+        match method {
+            "GET" => Some(json_response(StatusCode::OK, &object)),
+            "PATCH" => {
+                let content_type = req
+                    .headers()
+                    .get("content-type")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                let body = req.into_body().collect().await.unwrap().to_bytes();
+                let patch: Value = serde_json::from_slice(&body).unwrap();
+                self.lock()
+                    .patches
+                    .push((path.to_owned(), content_type.clone(), patch.clone()));
+                if content_type != "application/merge-patch+json" {
+                    return Some(json_response(
+                        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                        &status(415, "UnsupportedMediaType", "merge patches only here"),
+                    ));
+                }
+                json_patch::merge(&mut object, &patch);
+                self.put(object);
+                Some(json_response(StatusCode::OK, &self.lock().objects[&key]))
+            }
+            _ => None,
+        }
     }
 
     fn watch(&self, collection: String, name: Option<String>, from: u64) -> Response<Body> {
