@@ -26,13 +26,42 @@ pub struct Reach {
     /// A lab kept up with `palisade lab --keep`: its work folder (printed by the lab).
     #[arg(long, value_name = "DIR", conflicts_with = "controllers")]
     lab: Option<PathBuf>,
+    /// Without --controller or --lab: the namespace of the controller replicas (found by
+    /// their Leases), each reached by a port-forward through the Kubernetes API.
+    #[arg(long, default_value = "palisade-system")]
+    controller_namespace: String,
+    /// The replicas' flows port (their --flows-listen).
+    #[arg(long, default_value_t = 9091)]
+    flows_port: u16,
 }
 
 /// One place flows are read from.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 enum Target {
     Url(String),
-    Lab { netns: PathBuf, addr: SocketAddr },
+    Lab {
+        netns: PathBuf,
+        addr: SocketAddr,
+    },
+    /// A replica's pod, through a port-forward.
+    Replica {
+        client: kube::Client,
+        namespace: String,
+        pod: String,
+        port: u16,
+    },
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Url(u) => write!(f, "http://{u}"),
+            Self::Lab { addr, .. } => write!(f, "the lab's controller at {addr}"),
+            Self::Replica {
+                namespace, pod, port, ..
+            } => write!(f, "replica {namespace}/{pod}:{port}"),
+        }
+    }
 }
 
 impl Reach {
@@ -41,7 +70,7 @@ impl Reach {
         self.lab.as_deref().map(LabState::read).transpose()
     }
 
-    fn targets(&self) -> anyhow::Result<Vec<Target>> {
+    async fn targets(&self) -> anyhow::Result<Vec<Target>> {
         if let Some(lab) = self.lab()? {
             return Ok(vec![Target::Lab {
                 netns: lab.netns,
@@ -49,12 +78,7 @@ impl Reach {
             }]);
         }
         if self.controllers.is_empty() {
-            bail!(
-                "say where the flows are: --controller http://127.0.0.1:9091 for each replica \
-                 after `kubectl -n palisade port-forward pod/REPLICA 9091` (`palisade status` \
-                 lists the replicas; each keeps only its own proxies' flows), or --lab DIR for \
-                 a lab kept up with palisade lab --keep"
-            );
+            return self.replicas().await;
         }
         self.controllers
             .iter()
@@ -66,6 +90,39 @@ impl Reach {
                 Ok(Target::Url(hostport.to_owned()))
             })
             .collect()
+    }
+}
+
+impl Reach {
+    /// Every live replica (by its Lease), reached through the API.
+    async fn replicas(&self) -> anyhow::Result<Vec<Target>> {
+        let client = kube::Client::try_default().await.context(
+            "no Kubernetes API configuration (kubeconfig or in-cluster): give --controller or --lab",
+        )?;
+        let leases = crate::status::replica_leases(client.clone(), &self.controller_namespace).await?;
+        let now = k8s_openapi::jiff::Timestamp::now();
+        let pods: Vec<String> = leases
+            .items
+            .iter()
+            .map(|l| crate::status::replica_status(l, now))
+            .filter(|r| r.alive && !r.pod.is_empty())
+            .map(|r| r.pod)
+            .collect();
+        if pods.is_empty() {
+            bail!(
+                "no live controller replica in namespace {} (no renewed Lease): is the controller running there? (--controller-namespace)",
+                self.controller_namespace
+            );
+        }
+        Ok(pods
+            .into_iter()
+            .map(|pod| Target::Replica {
+                client: client.clone(),
+                namespace: self.controller_namespace.clone(),
+                pod,
+                port: self.flows_port,
+            })
+            .collect())
     }
 }
 
@@ -117,8 +174,14 @@ fn connect_in(netns: &Path, addr: SocketAddr) -> std::io::Result<std::net::TcpSt
     })
 }
 
-async fn connect(target: &Target) -> anyhow::Result<tokio::net::TcpStream> {
-    Ok(match target {
+/// A connection to a controller's flows, and what must live as long as it does.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+async fn connect(
+    target: &Target,
+) -> anyhow::Result<(Box<dyn Io>, Option<kube::api::Portforwarder>)> {
+    let tcp = match target {
         Target::Url(hostport) => tokio::time::timeout(
             Duration::from_secs(5),
             tokio::net::TcpStream::connect(hostport.as_str()),
@@ -134,14 +197,33 @@ async fn connect(target: &Target) -> anyhow::Result<tokio::net::TcpStream> {
             std.set_nonblocking(true)?;
             tokio::net::TcpStream::from_std(std)?
         }
-    })
+        Target::Replica {
+            client,
+            namespace,
+            pod,
+            port,
+        } => {
+            let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
+                kube::Api::namespaced(client.clone(), namespace);
+            let mut forward = pods
+                .portforward(pod, &[*port])
+                .await
+                .with_context(|| format!("cannot port-forward to {target} (RBAC: pods/portforward)"))?;
+            let stream = forward
+                .take_stream(*port)
+                .with_context(|| format!("no stream for port {port} of {target}"))?;
+            return Ok((Box::new(stream), Some(forward)));
+        }
+    };
+    Ok((Box::new(tcp), None))
 }
 
 /// Streams every line one controller answers into `lines`.
 async fn read_one(target: Target, path: String, lines: mpsc::Sender<String>) -> anyhow::Result<()> {
-    let tcp = connect(&target).await?;
+    // The port-forward lives as long as this read.
+    let (io, _forward) = connect(&target).await?;
     let (mut sender, connection) =
-        hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(tcp)).await?;
+        hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(io)).await?;
     tokio::spawn(connection);
     let request = http::Request::get(&path)
         .header(http::header::HOST, "palisade-controller")
@@ -152,7 +234,7 @@ async fn read_one(target: Target, path: String, lines: mpsc::Sender<String>) -> 
     if !status.is_success() {
         let text = body.collect().await?.to_bytes();
         bail!(
-            "the controller ({target:?}) answered {status}: {}",
+            "{target} answered {status}: {}",
             String::from_utf8_lossy(&text).trim()
         );
     }
@@ -180,7 +262,7 @@ pub async fn stream(
     ask: &Ask,
     mut each: impl FnMut(FlowRecord) -> bool,
 ) -> anyhow::Result<()> {
-    let targets = reach.targets()?;
+    let targets = reach.targets().await?;
     let (tx, mut rx) = mpsc::channel(1024);
     let mut tasks = tokio::task::JoinSet::new();
     for t in targets {

@@ -45,13 +45,15 @@ struct NamespaceStatus {
 
 /// One controller replica.
 #[derive(Debug, Serialize)]
-struct ReplicaStatus {
-    pod: String,
+pub struct ReplicaStatus {
+    /// The replica's pod.
+    pub pod: String,
     streams: Option<u64>,
     pods: Option<u64>,
     /// Seconds since the replica last renewed its Lease.
     renewed_seconds_ago: Option<i64>,
-    alive: bool,
+    /// Whether its Lease is still held.
+    pub alive: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -186,7 +188,8 @@ fn namespace_status(ns: &Namespace, pods: &[&Pod], policies: &[Policy]) -> Names
     }
 }
 
-fn replica_status(lease: &Lease, now: k8s_openapi::jiff::Timestamp) -> ReplicaStatus {
+/// A replica as its Lease says.
+pub fn replica_status(lease: &Lease, now: k8s_openapi::jiff::Timestamp) -> ReplicaStatus {
     let annotation = |k: &str| {
         lease
             .metadata
@@ -207,6 +210,17 @@ fn replica_status(lease: &Lease, now: k8s_openapi::jiff::Timestamp) -> ReplicaSt
     }
 }
 
+/// The Leases of the controller replicas in `namespace`.
+pub async fn replica_leases(
+    client: kube::Client,
+    namespace: &str,
+) -> anyhow::Result<kube::api::ObjectList<Lease>> {
+    kube::Api::<Lease>::namespaced(client, namespace)
+        .list(&ListParams::default().labels(LEASE_LABEL))
+        .await
+        .with_context(|| format!("listing the controller replicas' Leases in {namespace}"))
+}
+
 async fn gather(args: &Args) -> anyhow::Result<Status> {
     let client = kube::Client::try_default()
         .await
@@ -220,10 +234,7 @@ async fn gather(args: &Args) -> anyhow::Result<Status> {
         .await
         .context("listing pods")?;
     let policies = list_policies(&client).await?;
-    let leases = kube::Api::<Lease>::namespaced(client, &args.namespace)
-        .list(&ListParams::default().labels(LEASE_LABEL))
-        .await
-        .context("listing the controller replicas' Leases")?;
+    let leases = replica_leases(client, &args.namespace).await?;
 
     let mut by_namespace: BTreeMap<String, Vec<&Pod>> = BTreeMap::new();
     for p in pods.items.iter().filter(|p| running(p)) {

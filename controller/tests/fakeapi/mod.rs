@@ -14,7 +14,14 @@
 //! - `GET` and `PATCH` of one cluster-scoped object (`/api/v1/namespaces/x`): a PATCH with
 //!   `Content-Type: application/merge-patch+json` merges its body as RFC 7386 says, stores
 //!   the result with a new resourceVersion (watches see `MODIFIED`) and answers it; an
-//!   unknown object is a 404 `NotFound` Status.
+//!   unknown object is a 404 `NotFound` Status;
+//! - a namespaced list (`/apis/G/V/namespaces/NS/leases`) keeps that namespace's objects,
+//!   and `labelSelector=key` or `key=value` those whose labels match;
+//! - `GET .../pods/NAME/portforward?ports=P` upgrades to a WebSocket with subprotocol
+//!   `v4.channel.k8s.io` (Kubernetes' "port forwarding" streaming protocol): channel 0
+//!   carries the port's data and channel 1 its errors, each message starting with its
+//!   channel's byte, and each channel's first message is the port number (2 bytes,
+//!   little-endian); the data goes to the address the test says the pod's port is at.
 //!
 //! The test drives it: put and delete objects, send bookmarks, drop every watch in the
 //! middle of its stream, forget the history (so that old versions are "too old").
@@ -75,6 +82,8 @@ struct State {
     reviews: Vec<Value>,
     /// Every PATCH: (path, content type, body).
     patches: Vec<(String, String, Value)>,
+    /// Where each `namespace/pod:port` is served, for port-forwards.
+    forwards: HashMap<String, SocketAddr>,
 }
 
 /// The fake API server.
@@ -151,7 +160,8 @@ impl FakeApi {
                 });
                 tokio::spawn(
                     hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service),
+                        .serve_connection(TokioIo::new(stream), service)
+                        .with_upgrades(),
                 );
             }
         });
@@ -252,6 +262,13 @@ impl FakeApi {
         self.lock().reviews.clone()
     }
 
+    /// Port-forwards to port `port` of pod `namespace/name` reach `to`.
+    pub fn forward(&self, namespace: &str, name: &str, port: u16, to: SocketAddr) {
+        self.lock()
+            .forwards
+            .insert(format!("{namespace}/{name}:{port}"), to);
+    }
+
     /// The PATCH requests so far: path, content type and body.
     pub fn patches(&self) -> Vec<(String, String, Value)> {
         self.lock().patches.clone()
@@ -282,6 +299,9 @@ impl FakeApi {
             let review: Value = serde_json::from_slice(&body).unwrap();
             return self.review(review);
         }
+        if path.ends_with("/portforward") {
+            return self.port_forward(req, &path, &query);
+        }
         if let Some(answer) = self.one_object(req, &method, &path).await {
             return answer;
         }
@@ -302,11 +322,34 @@ impl FakeApi {
                 .unwrap_or(0);
             return self.watch(path, name, from);
         }
+        // `/api/v1/namespaces/NS/pods`: the collection `/api/v1/pods`, in namespace NS.
+        let (path, namespace) = match path.split_once("/namespaces/") {
+            Some((head, rest)) => match rest.split_once('/') {
+                Some((ns, plural)) => (format!("{head}/{plural}"), Some(ns.to_owned())),
+                None => (path, None),
+            },
+            None => (path, None),
+        };
+        let selector = query.get("labelSelector").map(|l| match l.split_once('=') {
+            Some((k, v)) => (k.to_owned(), Some(v.to_owned())),
+            None => (l.clone(), None),
+        });
+        let labelled = |o: &Value| {
+            selector.as_ref().is_none_or(|(k, v)| {
+                let got = &o["metadata"]["labels"][k];
+                !got.is_null() && v.as_ref().is_none_or(|v| got == v.as_str())
+            })
+        };
         let s = self.lock();
         let items: Vec<Value> = s
             .objects
             .iter()
-            .filter(|((c, _, n), _)| *c == path && name.as_ref().is_none_or(|x| x == n))
+            .filter(|((c, ns, n), o)| {
+                *c == path
+                    && name.as_ref().is_none_or(|x| x == n)
+                    && namespace.as_ref().is_none_or(|x| x == ns)
+                    && labelled(o)
+            })
             .map(|(_, o)| {
                 // List items carry no kind or apiVersion: the list says them.
                 let mut o = o.clone();
@@ -323,6 +366,93 @@ impl FakeApi {
             &json!({"kind": kind, "apiVersion": "v1",
                     "metadata": {"resourceVersion": s.rv.to_string()}, "items": items}),
         )
+    }
+
+    /// A port-forward: upgrades to the WebSocket protocol and relays the port's channel
+    /// to the address the test gave.
+    fn port_forward(
+        &self,
+        req: Request<Incoming>,
+        path: &str,
+        query: &HashMap<String, String>,
+    ) -> Response<Body> {
+        let pod = path
+            .trim_start_matches("/api/v1/namespaces/")
+            .trim_end_matches("/portforward")
+            .replace("/pods/", "/");
+        let port: u16 = query
+            .get("ports")
+            .and_then(|p| p.parse().ok())
+            .expect("one port");
+        let Some(to) = self.lock().forwards.get(&format!("{pod}:{port}")).copied() else {
+            return json_response(
+                StatusCode::NOT_FOUND,
+                &status(404, "NotFound", &format!("pods {pod:?} not found")),
+            );
+        };
+        let offered = req
+            .headers()
+            .get("sec-websocket-protocol")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        assert!(offered.contains("v4.channel.k8s.io"), "{offered}");
+        let key = req.headers()["sec-websocket-key"].as_bytes().to_owned();
+        let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(&key);
+        tokio::spawn(async move {
+            use futures_util::SinkExt as _;
+            use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+            use tokio_tungstenite::tungstenite::{protocol::Role, Message};
+            let upgraded = hyper::upgrade::on(req).await.unwrap();
+            let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+                TokioIo::new(upgraded),
+                Role::Server,
+                None,
+            )
+            .await;
+            let [lo, hi] = port.to_le_bytes();
+            for channel in [0u8, 1] {
+                ws.send(Message::binary(vec![channel, lo, hi])).await.unwrap();
+            }
+            let Ok(tcp) = tokio::net::TcpStream::connect(to).await else {
+                let _ = ws
+                    .send(Message::binary(b"\x01connection refused".to_vec()))
+                    .await;
+                return;
+            };
+            let (mut read, mut write) = tcp.into_split();
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                tokio::select! {
+                    n = read.read(&mut buf[1..]) => match n {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            buf[0] = 0;
+                            if ws.send(Message::binary(buf[..=n].to_vec())).await.is_err() {
+                                break;
+                            }
+                        }
+                    },
+                    m = ws.next() => match m {
+                        Some(Ok(Message::Binary(data))) if data.first() == Some(&0) => {
+                            if write.write_all(&data[1..]).await.is_err() {
+                                break;
+                            }
+                        }
+                        Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                        Some(Ok(_)) => {}
+                    },
+                }
+            }
+            let _ = ws.close(None).await;
+        });
+        let mut r = Response::new(Full::new(Bytes::new()).boxed());
+        *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let h = r.headers_mut();
+        h.insert("connection", "Upgrade".parse().unwrap());
+        h.insert("upgrade", "websocket".parse().unwrap());
+        h.insert("sec-websocket-accept", accept.parse().unwrap());
+        h.insert("sec-websocket-protocol", "v4.channel.k8s.io".parse().unwrap());
+        r
     }
 
     /// GET or PATCH of one cluster-scoped object; `None` when the path is not one.
