@@ -208,7 +208,7 @@ async fn connect(
             let mut forward = pods
                 .portforward(pod, &[*port])
                 .await
-                .with_context(|| format!("cannot port-forward to {target} (RBAC: pods/portforward)"))?;
+                .with_context(|| format!("cannot port-forward to {target} through the API (this takes pods/portforward on the controller's pods)"))?;
             let stream = forward
                 .take_stream(*port)
                 .with_context(|| format!("no stream for port {port} of {target}"))?;

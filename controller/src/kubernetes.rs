@@ -48,12 +48,11 @@ pub async fn client() -> Result<kube::Client, ClientError> {
 
 /// Why a namespace's mode could not be set.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot set {annotation} on namespace {namespace}: {source}")]
+#[error("cannot set {annotation} on namespace {namespace}: {why}")]
 pub struct ModeError {
     annotation: &'static str,
     namespace: String,
-    #[source]
-    source: kube::Error,
+    why: String,
 }
 
 /// Sets a namespace's `palisade.dev/mode` annotation (`enforce` or `audit`) with a merge
@@ -63,10 +62,14 @@ pub async fn set_namespace_mode(
     namespace: &str,
     mode: &str,
 ) -> Result<Option<String>, ModeError> {
-    let error = |source| ModeError {
+    let error = |e: kube::Error| ModeError {
         annotation: palisade_policy::cluster::MODE_ANNOTATION,
         namespace: namespace.to_owned(),
-        source,
+        // The API server's own words, not the whole Status.
+        why: match e {
+            kube::Error::Api(s) => format!("{} ({})", s.message, s.code),
+            e => e.to_string(),
+        },
     };
     let api: Api<Namespace> = Api::all(client);
     let before = api.get(namespace).await.map_err(error)?;
