@@ -58,7 +58,10 @@ impl std::fmt::Display for Target {
             Self::Url(u) => write!(f, "http://{u}"),
             Self::Lab { addr, .. } => write!(f, "the lab's controller at {addr}"),
             Self::Replica {
-                namespace, pod, port, ..
+                namespace,
+                pod,
+                port,
+                ..
             } => write!(f, "replica {namespace}/{pod}:{port}"),
         }
     }
@@ -99,7 +102,8 @@ impl Reach {
         let client = kube::Client::try_default().await.context(
             "no Kubernetes API configuration (kubeconfig or in-cluster): give --controller or --lab",
         )?;
-        let leases = crate::status::replica_leases(client.clone(), &self.controller_namespace).await?;
+        let leases =
+            crate::status::replica_leases(client.clone(), &self.controller_namespace).await?;
         let now = k8s_openapi::jiff::Timestamp::now();
         let pods: Vec<String> = leases
             .items
@@ -270,8 +274,9 @@ pub async fn stream(
     }
     drop(tx);
     while let Some(line) = rx.recv().await {
-        let record: FlowRecord = serde_json::from_str(&line)
-            .with_context(|| format!("the controller sent a line that is not a flow record: {line}"))?;
+        let record: FlowRecord = serde_json::from_str(&line).with_context(|| {
+            format!("the controller sent a line that is not a flow record: {line}")
+        })?;
         if !each(record) {
             return Ok(());
         }

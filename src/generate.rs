@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use palisade_policy::diff::FlowChange;
-use palisade_policy::generate::{propose, verify};
 use palisade_policy::flows::{Filter, FlowRecord};
+use palisade_policy::generate::{propose, verify};
 use palisade_policy::ports::Protocol;
 use palisade_policy::simulate::{SimFlow, Simulation};
 

@@ -116,7 +116,12 @@ fn pending(records: &[FlowRecord], namespace: &str) -> Vec<Pending> {
             end(r.source.as_ref(), r.src),
             end(r.destination.as_ref(), r.dst),
         );
-        let key = (source.clone(), destination.clone(), r.dst.port(), r.protocol);
+        let key = (
+            source.clone(),
+            destination.clone(),
+            r.dst.port(),
+            r.protocol,
+        );
         let g = groups.entry(key).or_insert_with(|| Pending {
             source,
             destination,
@@ -149,7 +154,11 @@ fn sim_flow(p: &Pending, from: &str, to: &str) -> SimFlow {
         SideVerdict {
             allowed: true,
             isolated: refuses,
-            policies: if refuses { p.policies.clone() } else { Vec::new() },
+            policies: if refuses {
+                p.policies.clone()
+            } else {
+                Vec::new()
+            },
             action: Some(if refuses {
                 Action::WouldDeny
             } else {
@@ -248,9 +257,7 @@ fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
                 } else if cluster.is_none() {
                     println!("  (name the manifests to get a suggested policy)");
                 } else {
-                    println!(
-                        "  (not between two pods of the manifests: allow it with an ipBlock)"
-                    );
+                    println!("  (not between two pods of the manifests: allow it with an ipBlock)");
                 }
             }
         }
@@ -348,7 +355,9 @@ fn with_mode(
     };
     let mut lines: Vec<String> = text.split_inclusive('\n').map(str::to_owned).collect();
     let line_of = |n: &Node| -> anyhow::Result<usize> {
-        let i = (n.line as usize).checked_sub(1).filter(|i| *i < lines.len());
+        let i = (n.line as usize)
+            .checked_sub(1)
+            .filter(|i| *i < lines.len());
         i.context("cannot place the annotation (edit the file by hand)")
     };
     let eol = |l: &str| if l.ends_with("\r\n") { "\r\n" } else { "\n" }.to_owned();
@@ -362,16 +371,28 @@ fn with_mode(
         (_, Some(node)) => {
             let i = line_of(node)?;
             let line = &lines[i];
-            let Some(colon) = line.find(&format!("{MODE_ANNOTATION}\":"))
+            let Some(colon) = line
+                .find(&format!("{MODE_ANNOTATION}\":"))
                 .map(|at| at + MODE_ANNOTATION.len() + 2)
-                .or_else(|| line.find(&format!("{MODE_ANNOTATION}:")).map(|at| at + MODE_ANNOTATION.len() + 1))
+                .or_else(|| {
+                    line.find(&format!("{MODE_ANNOTATION}:"))
+                        .map(|at| at + MODE_ANNOTATION.len() + 1)
+                })
             else {
-                bail!("{MODE_ANNOTATION} is not written as `key: value` on one line; edit it by hand");
+                bail!(
+                    "{MODE_ANNOTATION} is not written as `key: value` on one line; edit it by hand"
+                );
             };
             let end = eol(line);
             lines[i] = format!("{} {mode}{end}", &line[..colon]);
         }
-        (Some(Node { value: Value::Map(entries), .. }), None) if !entries.is_empty() => {
+        (
+            Some(Node {
+                value: Value::Map(entries),
+                ..
+            }),
+            None,
+        ) if !entries.is_empty() => {
             let i = line_of(&entries[0].1)?;
             let pad = indent(&lines[i]).to_owned();
             if lines[i].trim_start().starts_with('{') || !lines[i].contains(':') {
@@ -384,9 +405,7 @@ fn with_mode(
             bail!("metadata.annotations is empty or not a block mapping; edit it by hand")
         }
         (None, None) => {
-            let name = meta
-                .get("name")
-                .context("metadata has no name line")?;
+            let name = meta.get("name").context("metadata has no name line")?;
             let i = line_of(name)?;
             let pad = indent(&lines[i]).to_owned();
             if pad.is_empty() {
@@ -427,7 +446,10 @@ mod tests {
         let (joined, _) = with_mode(&other, "shop", "enforce").unwrap().unwrap();
         assert_eq!(
             joined,
-            other.replace("    owner: me", "    palisade.dev/mode: enforce\n    owner: me")
+            other.replace(
+                "    owner: me",
+                "    palisade.dev/mode: enforce\n    owner: me"
+            )
         );
         assert!(with_mode(FILE, "absent", "audit").unwrap().is_none());
         let flow = FILE.replace("  labels:", "  annotations: {}\n  labels:");
@@ -462,16 +484,39 @@ mod tests {
             destination: Some(ep("data", "db-0", "db")),
         };
         let records = [
-            record("data/db-0", Direction::Ingress, Action::WouldDeny, ep("shop", "web-1", "web")),
-            record("data/db-0", Direction::Ingress, Action::WouldDeny, ep("shop", "web-2", "web")),
-            record("data/db-0", Direction::Ingress, Action::Allow, ep("shop", "api-1", "api")),
+            record(
+                "data/db-0",
+                Direction::Ingress,
+                Action::WouldDeny,
+                ep("shop", "web-1", "web"),
+            ),
+            record(
+                "data/db-0",
+                Direction::Ingress,
+                Action::WouldDeny,
+                ep("shop", "web-2", "web"),
+            ),
+            record(
+                "data/db-0",
+                Direction::Ingress,
+                Action::Allow,
+                ep("shop", "api-1", "api"),
+            ),
             // Judged by another namespace's proxy: enforcing `data` does not change it.
-            record("shop/web-1", Direction::Egress, Action::WouldDeny, ep("shop", "web-1", "web")),
+            record(
+                "shop/web-1",
+                Direction::Egress,
+                Action::WouldDeny,
+                ep("shop", "web-1", "web"),
+            ),
         ];
         let groups = pending(&records, "data");
         assert_eq!(groups.len(), 1, "{groups:#?}");
         let g = &groups[0];
-        assert_eq!((g.source.as_str(), g.destination.as_str()), ("shop/web", "data/db"));
+        assert_eq!(
+            (g.source.as_str(), g.destination.as_str()),
+            ("shop/web", "data/db")
+        );
         assert_eq!((g.count, g.port), (4, 5432));
         assert_eq!(g.sides, vec![Direction::Ingress]);
         let f = sim_flow(g, "shop/web-1", "data/db-0");

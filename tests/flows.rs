@@ -106,7 +106,10 @@ async fn flows_merges_every_live_replica_through_port_forwards() {
         .lines()
         .map(|l| {
             let r: Value = serde_json::from_str(l).unwrap();
-            (r["pod"].as_str().unwrap().to_owned(), r["dst"].as_str().unwrap().to_owned())
+            (
+                r["pod"].as_str().unwrap().to_owned(),
+                r["dst"].as_str().unwrap().to_owned(),
+            )
         })
         .collect();
     got.sort();
@@ -124,9 +127,9 @@ async fn flows_merges_every_live_replica_through_port_forwards() {
         .filter(|r| r.contains("/portforward"))
         .collect();
     assert_eq!(forwards.len(), 2, "{forwards:?}");
-    assert!(forwards.iter().all(|r| r.starts_with(&format!(
-        "GET /api/v1/namespaces/{NAMESPACE}/pods/ctl-"
-    )) && r.ends_with("ports=9091")));
+    assert!(forwards.iter().all(|r| r
+        .starts_with(&format!("GET /api/v1/namespaces/{NAMESPACE}/pods/ctl-"))
+        && r.ends_with("ports=9091")));
 
     // Filters go to every replica.
     let (code, out, _) = palisade(&kubeconfig, &["flows", "--verdict", "would-deny"]).await;
@@ -141,6 +144,9 @@ async fn flows_merges_every_live_replica_through_port_forwards() {
     )
     .await;
     assert_eq!(code, 2);
-    assert!(err.contains("no live controller replica in namespace elsewhere"), "{err}");
+    assert!(
+        err.contains("no live controller replica in namespace elsewhere"),
+        "{err}"
+    );
     let _ = std::fs::remove_dir_all(dir);
 }

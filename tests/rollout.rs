@@ -54,7 +54,13 @@ fn flows(dir: &str, args: &[&str]) -> Vec<Value> {
 }
 
 fn ends(r: &Value) -> (String, String) {
-    let key = |e: &Value| format!("{}/{}", e["namespace"].as_str().unwrap_or("?"), e["pod"].as_str().unwrap_or("?"));
+    let key = |e: &Value| {
+        format!(
+            "{}/{}",
+            e["namespace"].as_str().unwrap_or("?"),
+            e["pod"].as_str().unwrap_or("?")
+        )
+    };
     (key(&r["source"]), key(&r["destination"]))
 }
 
@@ -74,14 +80,20 @@ fn rollout_status_names_the_missing_flow_and_enforcing_with_its_suggestion_keeps
     let dir = workdir(&lab);
     // The application's flows: web -> api (allowed by a rule) and api -> db (no rule: it
     // passes only because shop is in audit mode, and the proxy says so).
-    assert!(lab.probe("shop/web-1", "shop/api-1", 80, Protocol::Tcp).unwrap());
-    assert!(lab.probe("shop/api-1", "shop/db-0", 5432, Protocol::Tcp).unwrap());
+    assert!(lab
+        .probe("shop/web-1", "shop/api-1", 80, Protocol::Tcp)
+        .unwrap());
+    assert!(lab
+        .probe("shop/api-1", "shop/db-0", 5432, Protocol::Tcp)
+        .unwrap());
     let line = logged(&lab, "shop/db-0", |l| l["direction"] == "ingress");
     assert_eq!(line["action"], "would-deny");
 
     // The controller has the would-deny record (reports go in the background).
     assert!(
-        eventually(WAIT, || !flows(dir, &["--verdict", "would-deny"]).is_empty()).is_some(),
+        eventually(WAIT, || !flows(dir, &["--verdict", "would-deny"])
+            .is_empty())
+        .is_some(),
         "the would-deny flow reaches the controller"
     );
     let (code, out, err) = palisade(&["rollout", "status", "shop", "--lab", dir, "-o", "json"]);
@@ -102,7 +114,10 @@ fn rollout_status_names_the_missing_flow_and_enforcing_with_its_suggestion_keeps
     let policy = &suggestion[0];
     assert_eq!(policy["kind"], "NetworkPolicy");
     assert_eq!(policy["metadata"]["namespace"], "shop");
-    assert_eq!(policy["spec"]["podSelector"]["matchLabels"], json!({"app": "db"}));
+    assert_eq!(
+        policy["spec"]["podSelector"]["matchLabels"],
+        json!({"app": "db"})
+    );
     assert_eq!(
         policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"],
         json!({"app": "api"})
@@ -127,7 +142,10 @@ fn rollout_status_names_the_missing_flow_and_enforcing_with_its_suggestion_keeps
     let before = std::fs::read_to_string(&file).unwrap();
     let (code, out, err) = palisade(&["rollout", "enforce", "shop", "--lab", dir]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("palisade.dev/mode=enforce (was audit)"), "{out}");
+    assert!(
+        out.contains("palisade.dev/mode=enforce (was audit)"),
+        "{out}"
+    );
     let after = std::fs::read_to_string(&file).unwrap();
     assert_eq!(
         after,
@@ -144,7 +162,10 @@ fn rollout_status_names_the_missing_flow_and_enforcing_with_its_suggestion_keeps
         "enforce mode reaches db's proxy"
     );
     let refused = logged(&lab, "shop/db-0", |l| {
-        l["action"] == "deny" && l["src"].as_str().is_some_and(|s| s.starts_with("10.66.0.1:"))
+        l["action"] == "deny"
+            && l["src"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("10.66.0.1:"))
     });
     assert_eq!(refused["reason"], "no-rule-matched");
     // ...and every expected flow still works, as do the refusals around them.
@@ -165,7 +186,10 @@ fn rollout_status_names_the_missing_flow_and_enforcing_with_its_suggestion_keeps
     // And back to audit.
     let (code, out, err) = palisade(&["rollout", "audit", "shop", "--lab", dir]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("palisade.dev/mode=audit (was enforce)"), "{out}");
+    assert!(
+        out.contains("palisade.dev/mode=audit (was enforce)"),
+        "{out}"
+    );
     assert_eq!(std::fs::read_to_string(&file).unwrap(), before);
 }
 
@@ -183,14 +207,19 @@ impl Drop for Child {
 fn flows_filter_and_follow_against_a_kept_lab() {
     let lab = lab();
     let dir = workdir(&lab);
-    assert!(lab.probe("shop/web-1", "shop/api-1", 80, Protocol::Tcp).unwrap());
-    assert!(lab.probe("shop/web-1", "shop/db-0", 5432, Protocol::Tcp).unwrap());
+    assert!(lab
+        .probe("shop/web-1", "shop/api-1", 80, Protocol::Tcp)
+        .unwrap());
+    assert!(lab
+        .probe("shop/web-1", "shop/db-0", 5432, Protocol::Tcp)
+        .unwrap());
     // Allowed flows arrive as counts (once a second), refused ones one by one.
     let mut all = Vec::new();
     assert!(
         eventually(WAIT, || {
             all = flows(dir, &[]);
-            all.iter().any(|r| r["action"] == "allow" && r["dst"] == "10.66.0.2:80")
+            all.iter()
+                .any(|r| r["action"] == "allow" && r["dst"] == "10.66.0.2:80")
                 && all.iter().any(|r| r["action"] == "would-deny")
         })
         .is_some(),
@@ -199,9 +228,14 @@ fn flows_filter_and_follow_against_a_kept_lab() {
     let allowed = flows(dir, &["--verdict", "allow", "--port", "80"]);
     assert!(!allowed.is_empty());
     for r in &allowed {
-        assert_eq!((r["action"].as_str(), r["dst"].as_str()), (Some("allow"), Some("10.66.0.2:80")));
+        assert_eq!(
+            (r["action"].as_str(), r["dst"].as_str()),
+            (Some("allow"), Some("10.66.0.2:80"))
+        );
     }
-    assert!(allowed.iter().any(|r| ends(r) == ("shop/web-1".into(), "shop/api-1".into())));
+    assert!(allowed
+        .iter()
+        .any(|r| ends(r) == ("shop/web-1".into(), "shop/api-1".into())));
     let denied = flows(dir, &["--verdict", "denied", "--pod", "shop/db-0"]);
     assert!(!denied.is_empty());
     for r in &denied {
@@ -216,17 +250,41 @@ fn flows_filter_and_follow_against_a_kept_lab() {
         .iter()
         .all(|r| r["dst"] != "10.66.0.3:5432"));
     assert!(
-        metric(&lab, "shop/db-0", "palisade_flow_batches_total", &["result=\"sent\""]) >= 1.0,
+        metric(
+            &lab,
+            "shop/db-0",
+            "palisade_flow_batches_total",
+            &["result=\"sent\""]
+        ) >= 1.0,
         "the proxy counts the batches it sent"
     );
-    let (code, text, _) = palisade(&["flows", "--lab", dir, "--summary", "--verdict", "would-deny"]);
+    let (code, text, _) = palisade(&[
+        "flows",
+        "--lab",
+        dir,
+        "--summary",
+        "--verdict",
+        "would-deny",
+    ]);
     assert_eq!(code, 0);
-    assert!(text.contains("shop/web -> shop/db 5432/TCP WOULD-DENY"), "{text}");
+    assert!(
+        text.contains("shop/web -> shop/db 5432/TCP WOULD-DENY"),
+        "{text}"
+    );
 
     // --follow: a new refused flow shows within a second.
     let mut child = Child(
         Command::new(BINARY)
-            .args(["flows", "--lab", dir, "--follow", "--verdict", "denied", "-o", "json"])
+            .args([
+                "flows",
+                "--lab",
+                dir,
+                "--follow",
+                "--verdict",
+                "denied",
+                "-o",
+                "json",
+            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -245,9 +303,12 @@ fn flows_filter_and_follow_against_a_kept_lab() {
         }
     });
     // The window's records come first: the follower is connected once one arrives.
-    rx.recv_timeout(WAIT).expect("the follower prints the window's records");
+    rx.recv_timeout(WAIT)
+        .expect("the follower prints the window's records");
     while rx.try_recv().is_ok() {}
-    assert!(lab.probe("shop/db-0", "shop/web-1", 80, Protocol::Tcp).unwrap());
+    assert!(lab
+        .probe("shop/db-0", "shop/web-1", 80, Protocol::Tcp)
+        .unwrap());
     let probed = Instant::now();
     let shown = loop {
         let left = Duration::from_secs(1).saturating_sub(probed.elapsed());

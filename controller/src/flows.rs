@@ -155,7 +155,13 @@ impl Window {
 
     /// Takes a batch from the proxy of `pod` (as its token proved), naming each record's
     /// ends; returns how many records were kept.
-    pub fn add(&self, pod: &str, batch: FlowBatch, directory: &Directory, now: SystemTime) -> usize {
+    pub fn add(
+        &self,
+        pod: &str,
+        batch: FlowBatch,
+        directory: &Directory,
+        now: SystemTime,
+    ) -> usize {
         if batch.dropped > 0 {
             ::metrics::counter!(metrics::FLOW_RECORDS, "result" => "dropped-by-proxy")
                 .increment(batch.dropped);
@@ -206,9 +212,11 @@ impl Window {
             kept.bytes -= cost(&s.line);
             ::metrics::counter!(metrics::FLOW_EVICTED, "reason" => reason).increment(1);
         };
-        while kept.records.front().is_some_and(|s| {
-            now.duration_since(s.at).unwrap_or_default() > self.limits.age
-        }) {
+        while kept
+            .records
+            .front()
+            .is_some_and(|s| now.duration_since(s.at).unwrap_or_default() > self.limits.age)
+        {
             evicted(kept, "age");
         }
         while kept.records.len() > self.limits.records {
@@ -219,7 +227,12 @@ impl Window {
     }
 
     /// The kept records `filter` asks for, received since `since` ago, oldest first.
-    pub fn recent(&self, filter: &Filter, since: Option<Duration>, now: SystemTime) -> Vec<(Arc<FlowRecord>, Bytes)> {
+    pub fn recent(
+        &self,
+        filter: &Filter,
+        since: Option<Duration>,
+        now: SystemTime,
+    ) -> Vec<(Arc<FlowRecord>, Bytes)> {
         let mut kept = self.lock();
         self.evict(&mut kept, now);
         kept.records
@@ -427,15 +440,32 @@ mod tests {
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
         let all = Filter::default();
         window.add("a/x", batch(&["10.0.0.2:1", "10.0.0.2:2"]), &directory, t0);
-        window.add("a/x", batch(&["10.0.0.2:3", "10.0.0.2:4"]), &directory, t0 + Duration::from_secs(30));
+        window.add(
+            "a/x",
+            batch(&["10.0.0.2:3", "10.0.0.2:4"]),
+            &directory,
+            t0 + Duration::from_secs(30),
+        );
         let ports = |since, now| -> Vec<u16> {
-            window.recent(&all, since, now).iter().map(|(r, _)| r.dst.port()).collect()
+            window
+                .recent(&all, since, now)
+                .iter()
+                .map(|(r, _)| r.dst.port())
+                .collect()
         };
         let now = t0 + Duration::from_secs(31);
-        assert_eq!(ports(None, now), vec![2, 3, 4], "the oldest goes past the count");
+        assert_eq!(
+            ports(None, now),
+            vec![2, 3, 4],
+            "the oldest goes past the count"
+        );
         assert_eq!(window.size().0, 3);
         assert!(window.size().1 > 0, "the bytes are counted");
-        assert_eq!(ports(Some(Duration::from_secs(5)), now), vec![3, 4], "since");
+        assert_eq!(
+            ports(Some(Duration::from_secs(5)), now),
+            vec![3, 4],
+            "since"
+        );
         // Past the age of the first batch only its records go; past both, all do.
         assert_eq!(ports(None, t0 + Duration::from_secs(61)), vec![3, 4]);
         assert_eq!(ports(None, t0 + Duration::from_secs(91)), Vec::<u16>::new());
@@ -450,13 +480,21 @@ mod tests {
         directory.update("shop/web-1", Some(&web));
         directory.update("data/db-0", Some(&pod("data", "db-0", "10.0.0.2")));
         let now = SystemTime::now();
-        window.add("shop/web-1", batch(&["10.0.0.2:5432", "192.0.2.9:443"]), &directory, now);
+        window.add(
+            "shop/web-1",
+            batch(&["10.0.0.2:5432", "192.0.2.9:443"]),
+            &directory,
+            now,
+        );
         let got = window.recent(&Filter::default(), None, now);
         let (to_db, outside) = (&got[0].0, &got[1].0);
         assert_eq!(to_db.pod, "shop/web-1");
         assert_eq!(to_db.source.as_ref().unwrap().workload, "web-1");
         assert_eq!(to_db.destination.as_ref().unwrap().key(), "data/db-0");
-        assert_eq!(outside.destination, None, "an address no pod has stays an address");
+        assert_eq!(
+            outside.destination, None,
+            "an address no pod has stays an address"
+        );
         // A pod that is gone no longer names its address.
         directory.update("data/db-0", None);
         window.add("shop/web-1", batch(&["10.0.0.2:5432"]), &directory, now);

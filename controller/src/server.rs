@@ -280,10 +280,7 @@ async fn take_report(req: Request<Incoming>, pod: &str, streams: &Streams) -> Re
         Ok(b) => b,
         Err(e) => {
             tracing::info!(%pod, error = %e, "malformed flow batch");
-            return plain(
-                StatusCode::BAD_REQUEST,
-                format!("not a flow batch: {e}\n"),
-            );
+            return plain(StatusCode::BAD_REQUEST, format!("not a flow batch: {e}\n"));
         }
     };
     let kept = streams.flows.add(

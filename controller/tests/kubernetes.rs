@@ -791,7 +791,11 @@ async fn flow_reports_are_taken_only_for_the_pod_the_token_is_bound_to() {
         assert_eq!(got, status, "{token:?}: {body}");
         assert!(body.contains(says), "{token:?}: {body}");
     }
-    assert_eq!(get(replica.flows, "/v1/flows").await, "", "nothing was kept");
+    assert_eq!(
+        get(replica.flows, "/v1/flows").await,
+        "",
+        "nothing was kept"
+    );
     let (got, body) = post(Some("b"), "{not json".into()).await;
     assert_eq!(got, 400, "{body}");
     assert!(body.contains("not a flow batch"), "{body}");
@@ -799,22 +803,42 @@ async fn flow_reports_are_taken_only_for_the_pod_the_token_is_bound_to() {
     let (got, body) = post(Some("b"), batch.clone()).await;
     assert_eq!((got, body.as_str()), (200, "kept 1 records\n"));
     let kept = get(replica.flows, "/v1/flows").await;
-    let records: Vec<Value> = kept.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let records: Vec<Value> = kept
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(records.len(), 1, "{kept}");
     let r = &records[0];
     assert_eq!(r["pod"], "x/b", "the token's pod, not the batch's claim");
-    assert_eq!(r["source"], json!({"namespace": "x", "pod": "b", "workload": "b"}));
-    assert_eq!(r["destination"], json!({"namespace": "x", "pod": "c", "workload": "c"}));
+    assert_eq!(
+        r["source"],
+        json!({"namespace": "x", "pod": "b", "workload": "b"})
+    );
+    assert_eq!(
+        r["destination"],
+        json!({"namespace": "x", "pod": "c", "workload": "c"})
+    );
     // a's own token reports for a; readers filter.
-    let (got, _) = call(replica.addr, &ca, "POST", "/v1/flows/x/a", Some("a"), &batch).await;
+    let (got, _) = call(
+        replica.addr,
+        &ca,
+        "POST",
+        "/v1/flows/x/a",
+        Some("a"),
+        &batch,
+    )
+    .await;
     assert_eq!(got, 200);
     assert_eq!(get(replica.flows, "/v1/flows").await.lines().count(), 2);
     let of_a = get(replica.flows, "/v1/flows?pod=x/a").await;
     assert_eq!(of_a.lines().count(), 1, "{of_a}");
-    assert!(get(replica.flows, "/v1/flows?verdict=maybe").await.contains("maybe"));
+    assert!(get(replica.flows, "/v1/flows?verdict=maybe")
+        .await
+        .contains("maybe"));
     let m = metrics(replica.metrics).await;
     assert!(
-        m.lines().any(|l| l == "palisade_controller_flow_window_records 2"),
+        m.lines()
+            .any(|l| l == "palisade_controller_flow_window_records 2"),
         "{m}"
     );
     let _ = std::fs::remove_dir_all(dir);
@@ -836,7 +860,10 @@ async fn rollout_sets_a_namespace_mode_with_a_merge_patch_through_the_api() {
         .unwrap();
     assert_eq!(before.as_deref(), Some("audit"));
     let ns = api.object("/api/v1/namespaces", "", "x");
-    assert_eq!(ns["metadata"]["annotations"]["palisade.dev/mode"], "enforce");
+    assert_eq!(
+        ns["metadata"]["annotations"]["palisade.dev/mode"],
+        "enforce"
+    );
     let patches = api.patches();
     assert_eq!(patches.len(), 2);
     let (path, content_type, body) = &patches[1];
@@ -852,5 +879,9 @@ async fn rollout_sets_a_namespace_mode_with_a_merge_patch_through_the_api() {
         .unwrap_err();
     assert!(e.to_string().contains("namespace absent"), "{e}");
     assert!(e.to_string().contains("not found"), "{e}");
-    assert_eq!(api.patches().len(), 2, "nothing patched for an unknown namespace");
+    assert_eq!(
+        api.patches().len(),
+        2,
+        "nothing patched for an unknown namespace"
+    );
 }

@@ -136,7 +136,11 @@ pub fn workload_of(pod: &Pod) -> String {
     if parts.len() > 1 && parts.last().is_some_and(|p| p.parse::<u32>().is_ok()) {
         parts.pop();
     } else {
-        if parts.len() > 1 && parts.last().is_some_and(|p| p.len() == 5 && generated(p, 5)) {
+        if parts.len() > 1
+            && parts
+                .last()
+                .is_some_and(|p| p.len() == 5 && generated(p, 5))
+        {
             parts.pop();
         }
         if parts.len() > 1 && parts.last().is_some_and(|p| generated(p, 8)) {
@@ -424,7 +428,10 @@ mod tests {
     fn workloads_are_named_by_label_or_by_name_without_generated_suffixes() {
         assert_eq!(workload_of(&pod("a", "x-1", &[("app", "web")])), "web");
         assert_eq!(workload_of(&pod("a", "web-7d9f8c6b5-x2k4q", &[])), "web");
-        assert_eq!(workload_of(&pod("a", "node-agent-x2k4q", &[])), "node-agent");
+        assert_eq!(
+            workload_of(&pod("a", "node-agent-x2k4q", &[])),
+            "node-agent"
+        );
         assert_eq!(workload_of(&pod("a", "db-0", &[])), "db");
         assert_eq!(workload_of(&pod("a", "frontend", &[])), "frontend");
         assert_eq!(workload_of(&pod("a", "my-api", &[])), "my-api");

@@ -89,10 +89,7 @@ impl Reporter {
     /// Counts an allowed flow.
     pub fn count(&self, flow: &FlowInfo, j: &Judgement) {
         let allowing = match (&j.verdict, &j.snapshot) {
-            (
-                Some(v),
-                Some(s),
-            ) => match v.reason {
+            (Some(v), Some(s)) => match v.reason {
                 Reason::Rule { policy, .. } => s
                     .policy
                     .side(flow.direction)

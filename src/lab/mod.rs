@@ -342,7 +342,10 @@ impl Lab {
             flows: processes::FLOWS_ADDR,
             manifests: manifests.clone(),
         };
-        std::fs::write(workdir.0.join(LAB_STATE), serde_json::to_vec_pretty(&state)?)?;
+        std::fs::write(
+            workdir.0.join(LAB_STATE),
+            serde_json::to_vec_pretty(&state)?,
+        )?;
         for pod in &cluster.pods {
             let Some(spec) = specs.get(&pod.key()) else {
                 continue;

@@ -21,7 +21,8 @@ use super::netns::Netns;
 /// The controller's policy stream port.
 pub const CONTROLLER_PORT: u16 = 7443;
 /// Where the lab's controller serves recent flows, in the node's namespace.
-pub const FLOWS_ADDR: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9091);
+pub const FLOWS_ADDR: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9091);
 
 /// How a proxy is started.
 #[derive(Debug, Clone)]

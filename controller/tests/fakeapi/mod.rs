@@ -411,7 +411,9 @@ impl FakeApi {
             .await;
             let [lo, hi] = port.to_le_bytes();
             for channel in [0u8, 1] {
-                ws.send(Message::binary(vec![channel, lo, hi])).await.unwrap();
+                ws.send(Message::binary(vec![channel, lo, hi]))
+                    .await
+                    .unwrap();
             }
             let Ok(tcp) = tokio::net::TcpStream::connect(to).await else {
                 let _ = ws
@@ -451,7 +453,10 @@ impl FakeApi {
         h.insert("connection", "Upgrade".parse().unwrap());
         h.insert("upgrade", "websocket".parse().unwrap());
         h.insert("sec-websocket-accept", accept.parse().unwrap());
-        h.insert("sec-websocket-protocol", "v4.channel.k8s.io".parse().unwrap());
+        h.insert(
+            "sec-websocket-protocol",
+            "v4.channel.k8s.io".parse().unwrap(),
+        );
         r
     }
 
