@@ -263,6 +263,8 @@ impl FakeApi {
     }
 
     /// Port-forwards to port `port` of pod `namespace/name` reach `to`.
+    // Only the CLI's tests (the root crate's tests/flows.rs) port-forward.
+    #[allow(dead_code)]
     pub fn forward(&self, namespace: &str, name: &str, port: u16, to: SocketAddr) {
         self.lock()
             .forwards
