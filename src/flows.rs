@@ -302,15 +302,8 @@ pub fn collect(reach: &Reach, ask: &Ask) -> anyhow::Result<Vec<FlowRecord>> {
     Ok(out)
 }
 
-/// How to print flows.
-#[derive(Clone, Copy, Debug, Default, clap::ValueEnum, PartialEq, Eq)]
-pub enum Output {
-    /// One line per flow.
-    #[default]
-    Text,
-    /// One JSON record per line (NDJSON).
-    Json,
-}
+/// How to print flows: one line each, or one JSON record a line (NDJSON).
+pub use crate::check::Output;
 
 /// Arguments of `palisade flows`.
 #[derive(clap::Args)]
@@ -342,7 +335,7 @@ pub struct Args {
     /// policies) with a count, instead of one per flow.
     #[arg(long, conflicts_with = "follow")]
     summary: bool,
-    /// Output format.
+    /// Output format: text, or one JSON record a line.
     #[arg(long, short, value_enum, default_value_t)]
     output: Output,
 }

@@ -64,6 +64,11 @@ fn ends(r: &Value) -> (String, String) {
     (key(&r["source"]), key(&r["destination"]))
 }
 
+/// Whether a TCP connection from one pod to another's port goes through.
+fn probe(lab: &Lab, from: &str, to: &str, port: u16) -> bool {
+    lab.probe(from, to, port, Protocol::Tcp).unwrap()
+}
+
 fn workdir(lab: &Lab) -> &str {
     lab.workdir().to_str().unwrap()
 }
@@ -80,12 +85,8 @@ fn rollout_status_names_the_missing_flow_and_enforcing_with_its_suggestion_keeps
     let dir = workdir(&lab);
     // The application's flows: web -> api (allowed by a rule) and api -> db (no rule: it
     // passes only because shop is in audit mode, and the proxy says so).
-    assert!(lab
-        .probe("shop/web-1", "shop/api-1", 80, Protocol::Tcp)
-        .unwrap());
-    assert!(lab
-        .probe("shop/api-1", "shop/db-0", 5432, Protocol::Tcp)
-        .unwrap());
+    assert!(probe(&lab, "shop/web-1", "shop/api-1", 80));
+    assert!(probe(&lab, "shop/api-1", "shop/db-0", 5432));
     let line = logged(&lab, "shop/db-0", |l| l["direction"] == "ingress");
     assert_eq!(line["action"], "would-deny");
 
@@ -155,10 +156,7 @@ fn rollout_status_names_the_missing_flow_and_enforcing_with_its_suggestion_keeps
 
     // Enforced: web -> db, never allowed, is now refused (the proxy says why)...
     assert!(
-        eventually(WAIT, || !lab
-            .probe("shop/web-1", "shop/db-0", 5432, Protocol::Tcp)
-            .unwrap())
-        .is_some(),
+        eventually(WAIT, || !probe(&lab, "shop/web-1", "shop/db-0", 5432)).is_some(),
         "enforce mode reaches db's proxy"
     );
     let refused = logged(&lab, "shop/db-0", |l| {
@@ -177,7 +175,7 @@ fn rollout_status_names_the_missing_flow_and_enforcing_with_its_suggestion_keeps
         ("shop/web-1", "shop/db-0", 5432, false),
     ] {
         assert_eq!(
-            lab.probe(from, to, port, Protocol::Tcp).unwrap(),
+            probe(&lab, from, to, port),
             expected,
             "{from} -> {to}:{port}"
         );
@@ -207,12 +205,8 @@ impl Drop for Child {
 fn flows_filter_and_follow_against_a_kept_lab() {
     let lab = lab();
     let dir = workdir(&lab);
-    assert!(lab
-        .probe("shop/web-1", "shop/api-1", 80, Protocol::Tcp)
-        .unwrap());
-    assert!(lab
-        .probe("shop/web-1", "shop/db-0", 5432, Protocol::Tcp)
-        .unwrap());
+    assert!(probe(&lab, "shop/web-1", "shop/api-1", 80));
+    assert!(probe(&lab, "shop/web-1", "shop/db-0", 5432));
     // Allowed flows arrive as counts (once a second), refused ones one by one.
     let mut all = Vec::new();
     assert!(
@@ -306,9 +300,7 @@ fn flows_filter_and_follow_against_a_kept_lab() {
     rx.recv_timeout(WAIT)
         .expect("the follower prints the window's records");
     while rx.try_recv().is_ok() {}
-    assert!(lab
-        .probe("shop/db-0", "shop/web-1", 80, Protocol::Tcp)
-        .unwrap());
+    assert!(probe(&lab, "shop/db-0", "shop/web-1", 80));
     let probed = Instant::now();
     let shown = loop {
         let left = Duration::from_secs(1).saturating_sub(probed.elapsed());
