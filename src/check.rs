@@ -10,7 +10,7 @@ use anyhow::{anyhow, bail};
 use palisade_policy::cluster::{Cluster, Family, Pod};
 use palisade_policy::compile::Compiler;
 use palisade_policy::explain::{explain, Explanation, Question, SideExplanation};
-use palisade_policy::fqdn::normalize;
+use palisade_policy::fqdn::{display, normalize};
 use palisade_policy::http::{HeaderMatch, PlainRequest};
 use palisade_policy::ports::Protocol;
 use palisade_policy::verdict::Action;
@@ -163,7 +163,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 ..Default::default()
             }
         });
-        r.host = args.host.as_deref().map(normalize);
+        // HTTP rules see the host as written in a request: lower case, no final dot.
+        r.host = args
+            .host
+            .as_deref()
+            .map(|h| display(&normalize(h)).to_owned());
         for h in &args.header {
             let m = HeaderMatch::parse(h).map_err(|e| anyhow!("--header: {e}"))?;
             r.headers.push((m.name, m.value.unwrap_or_default()));

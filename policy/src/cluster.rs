@@ -14,6 +14,9 @@ pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 pub const MODE_ANNOTATION: &str = "palisade.dev/mode";
 /// Pod annotation, or namespace label, that asks for the sidecar (value `enabled`).
 pub const INJECT_KEY: &str = "palisade.dev/inject";
+/// Annotation (`"true"`) on a namespace or pod that makes its `toFQDNs` rules require the
+/// allowed name in the TLS server name or HTTP `Host`, unless a rule says otherwise.
+pub const REQUIRE_SNI_ANNOTATION: &str = "palisade.dev/require-sni";
 
 /// A namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,6 +90,15 @@ impl Pod {
             .copied()
             .find(|ip| ip.is_ipv4() == like.is_ipv4())
             .or_else(|| self.ips.first().copied())
+    }
+
+    /// Whether `toFQDNs` rules require SNI by default for the pod: its own annotation, or
+    /// else that of its namespace (`namespace`), says `"true"`.
+    pub fn requires_sni(&self, namespace: Option<&Namespace>) -> bool {
+        let own = |a: &Labels| a.get(REQUIRE_SNI_ANNOTATION).map(|v| v == "true");
+        own(&self.annotations)
+            .or_else(|| namespace.and_then(|n| own(&n.annotations)))
+            .unwrap_or(false)
     }
 }
 
@@ -346,6 +358,7 @@ impl Cluster {
                 .namespace(&pod.namespace)
                 .is_some_and(|n| audit(&n.annotations))
     }
+
 }
 
 impl Service {

@@ -1069,6 +1069,7 @@ impl Compiler {
                             .enumerate()
                             .map(|(xi, p)| self.port(entry, p, dir, pod, (ri, xi)))
                             .collect(),
+                        require_sni: rule.require_sni,
                     });
                 }
             }
@@ -1090,6 +1091,7 @@ impl Compiler {
             ingress,
             egress,
             services: (),
+            require_sni: pod.requires_sni(self.namespaces.get(&pod.namespace)),
         }
     }
 

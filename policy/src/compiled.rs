@@ -223,6 +223,9 @@ pub struct CompiledRule<S: Shared = Inline> {
     pub peers: Option<Vec<CompiledPeer<S>>>,
     /// Empty matches every port.
     pub ports: Vec<CompiledPort<S>>,
+    /// `requireSNI` of the rule; `None` takes the pod's default ([`PodPolicy::require_sni`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub require_sni: Option<bool>,
 }
 
 /// A policy that selects the pod in one direction.
@@ -265,8 +268,22 @@ pub struct Flow<'a> {
     pub port: u16,
     /// The protocol.
     pub protocol: Protocol,
-    /// DNS names the pod resolved to `peer` and that are still valid (egress).
+    /// DNS names the pod resolved to `peer` and that are still valid (egress), normalized
+    /// (see [`crate::fqdn::normalize`]).
     pub names: &'a [Arc<str>],
+}
+
+impl<'a> Flow<'a> {
+    /// The same flow with only `name` among its resolved names (none when the pod did not
+    /// resolve `name` to the peer): what a connection naming `name` (its TLS server name
+    /// or HTTP `Host`) is judged as when its rule requires that.
+    pub fn only_name(&self, name: &str) -> Flow<'a> {
+        let names = match self.names.iter().position(|n| **n == *name) {
+            Some(i) => &self.names[i..=i],
+            None => &[],
+        };
+        Flow { names, ..*self }
+    }
 }
 
 /// How a rule matched a flow.
@@ -278,6 +295,8 @@ pub struct RuleMatch<'p> {
     pub rule: &'p CompiledRule,
     /// The peer that matched; `None` when the rule matches every peer.
     pub peer: Option<u32>,
+    /// For a `toFQDNs` peer, the index in [`Flow::names`] of the name that matched.
+    pub name: Option<u32>,
     /// The port that matched; `None` when the rule matches every port.
     pub port: Option<&'p CompiledPort>,
 }
@@ -287,28 +306,50 @@ impl RuleMatch<'_> {
     pub fn l7(&self) -> Option<&L7> {
         self.port.map(|p| &p.l7).filter(|l7| !l7.is_empty())
     }
+
+    /// Whether the connection must name the DNS name it was allowed through (TLS server
+    /// name or HTTP `Host`): it matched a `toFQDNs` peer of a rule that requires SNI.
+    pub fn needs_sni(&self, policy: &PodPolicy) -> bool {
+        self.name.is_some() && self.rule.require_sni.unwrap_or(policy.require_sni)
+    }
+}
+
+/// Which peer of a rule matched a flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerHit {
+    /// The peer's index; `None` when the rule takes every peer.
+    pub peer: Option<u32>,
+    /// For a `toFQDNs` peer, the index in [`Flow::names`] of the first name it allows.
+    pub name: Option<u32>,
 }
 
 impl CompiledRule {
-    /// Which peer of the rule matches the flow's peer: `Some(None)` when the rule takes
-    /// every peer, `None` when no peer matches.
-    pub fn match_peer(&self, flow: &Flow<'_>) -> Option<Option<u32>> {
+    /// Which peer of the rule matches the flow's peer, `None` when none does.
+    pub fn match_peer(&self, flow: &Flow<'_>) -> Option<PeerHit> {
         let Some(peers) = &self.peers else {
-            return Some(None);
+            return Some(PeerHit {
+                peer: None,
+                name: None,
+            });
         };
-        peers
-            .iter()
-            .find(|p| match &p.matches {
-                PeerMatch::Any => true,
-                PeerMatch::Ips(set) => set.contains(flow.peer),
-                PeerMatch::Block(b) => b.contains(flow.peer),
-                PeerMatch::NotIps(set) => !set.contains(flow.peer),
-                PeerMatch::Names(patterns) => flow
-                    .names
-                    .iter()
-                    .any(|n| patterns.iter().any(|p| p.matches(n))),
+        peers.iter().find_map(|p| {
+            let name = match &p.matches {
+                PeerMatch::Any => None,
+                PeerMatch::Ips(set) => set.contains(flow.peer).then_some(None)?,
+                PeerMatch::Block(b) => b.contains(flow.peer).then_some(None)?,
+                PeerMatch::NotIps(set) => (!set.contains(flow.peer)).then_some(None)?,
+                PeerMatch::Names(patterns) => Some(
+                    flow.names
+                        .iter()
+                        .position(|n| patterns.iter().any(|p| p.matches(n)))?
+                        as u32,
+                ),
+            };
+            Some(PeerHit {
+                peer: Some(p.index),
+                name,
             })
-            .map(|p| Some(p.index))
+        })
     }
 
     /// Which port of the rule matches: `Some(None)` when the rule takes every port.
@@ -413,6 +454,11 @@ pub struct PodPolicy<S: Shared = Inline> {
     /// Service ports, to pick the backend an outbound connection to a ClusterIP reaches.
     #[serde(default)]
     pub services: S::Services,
+    /// Whether rules allowing connections through `toFQDNs` names require the name in the
+    /// TLS server name (or HTTP `Host`) unless they say otherwise (annotation
+    /// `palisade.dev/require-sni: "true"` on the pod or its namespace).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub require_sni: bool,
 }
 
 impl<S: Shared> PodPolicy<S> {
@@ -495,6 +541,7 @@ impl PodPolicy<ById> {
                         rule: r.rule,
                         peers,
                         ports,
+                        require_sni: r.require_sni,
                     })
                 })
                 .collect::<Result<_, MissingId>>()?;
@@ -511,6 +558,7 @@ impl PodPolicy<ById> {
             ingress: side(&self.ingress)?,
             egress: side(&self.egress)?,
             services,
+            require_sni: self.require_sni,
         })
     }
 

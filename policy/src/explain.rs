@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::cluster::Cluster;
 use crate::compiled::{Flow, PodPolicy};
+use crate::fqdn;
 use crate::http::PlainRequest;
 use crate::policy::{Direction, Rule};
 use crate::ports::Protocol;
@@ -192,9 +193,15 @@ fn side(
                         ports: model_rule
                             .map(|m| m.ports.iter().map(|p| p.spec.to_string()).collect())
                             .unwrap_or_default(),
-                        peer_matched: r
-                            .match_peer(flow)
-                            .map(|p| p.map_or_else(|| "every".to_owned(), |i| i.to_string())),
+                        peer_matched: r.match_peer(flow).map(|hit| {
+                            let peer = hit
+                                .peer
+                                .map_or_else(|| "every".to_owned(), |i| i.to_string());
+                            match hit.name.and_then(|i| flow.names.get(i as usize)) {
+                                Some(name) => format!("{peer} (DNS name {})", fqdn::display(name)),
+                                None => peer,
+                            }
+                        }),
                         port_matched: port.is_some(),
                         http: matched_port
                             .and_then(|p| p.l7.http.as_ref())

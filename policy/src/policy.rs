@@ -138,6 +138,10 @@ pub struct Rule {
     pub origin: Origin,
     /// Where each of `peers` is written, in the same order.
     pub peer_origins: Vec<Origin>,
+    /// `requireSNI` (PalisadePolicy): whether a connection this rule allows through a
+    /// `toFQDNs` name must name an allowed name resolved to its address in its TLS server
+    /// name (or HTTP `Host`); `None` takes the pod's default.
+    pub require_sni: Option<bool>,
 }
 
 impl Rule {

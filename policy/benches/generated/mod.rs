@@ -145,6 +145,7 @@ fn rule(peers: Vec<Peer>, ports: Vec<PortRule>) -> Rule {
         ports,
         origin: Origin::default(),
         peer_origins: Vec::new(),
+        require_sni: None,
     }
 }
 

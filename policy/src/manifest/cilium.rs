@@ -113,7 +113,7 @@ fn one_spec(spec: &Field<'_>, meta: &Meta, id: PolicyId, audit: bool) -> Policy 
         let rules: Vec<Rule> = field
             .items()
             .iter()
-            .map(|r| rule(r, dir, &meta.namespace))
+            .map(|r| rule(r, dir, &meta.namespace, id.kind))
             .collect();
         // As in Cilium: a direction is isolated when the policy has rules for it, unless
         // enableDefaultDeny turns that off (then the rules only add what they allow).
@@ -135,7 +135,7 @@ fn one_spec(spec: &Field<'_>, meta: &Meta, id: PolicyId, audit: bool) -> Policy 
     }
 }
 
-fn rule(r: &Field<'_>, dir: Direction, ns: &str) -> Rule {
+fn rule(r: &Field<'_>, dir: Direction, ns: &str, kind: PolicyKind) -> Rule {
     let (endpoints_key, cidr_key, cidr_set_key, entities_key) = match dir {
         Direction::Ingress => ("fromEndpoints", "fromCIDR", "fromCIDRSet", "fromEntities"),
         Direction::Egress => ("toEndpoints", "toCIDR", "toCIDRSet", "toEntities"),
@@ -148,7 +148,7 @@ fn rule(r: &Field<'_>, dir: Direction, ns: &str) -> Rule {
         "toPorts",
     ];
     if dir == Direction::Egress {
-        known.push("toFQDNs");
+        known.extend(["toFQDNs", "requireSNI"]);
     }
     let unsupported: &[&str] = match dir {
         Direction::Ingress => &UNSUPPORTED_INGRESS_FIELDS,
@@ -221,6 +221,20 @@ fn rule(r: &Field<'_>, dir: Direction, ns: &str) -> Rule {
     }
     let to_ports = r.get("toPorts");
     let ports: Vec<PortRule> = to_ports.items().iter().flat_map(port_group).collect();
+    let sni = r.get("requireSNI");
+    let require_sni = match (sni.is_set(), kind) {
+        (false, _) => None,
+        (true, PolicyKind::PalisadePolicy) => {
+            if !r.get("toFQDNs").is_set() {
+                sni.error("applies to toFQDNs peers: give the rule toFQDNs, or remove it");
+            }
+            sni.bool()
+        }
+        (true, _) => {
+            sni.error("requireSNI is palisade's own field: write the policy as a PalisadePolicy");
+            None
+        }
+    };
     Rule {
         // As in Cilium: a rule that names ports but no peer applies to every peer; a rule
         // that names neither allows nothing.
@@ -234,6 +248,7 @@ fn rule(r: &Field<'_>, dir: Direction, ns: &str) -> Rule {
         ports,
         origin: r.origin(),
         peer_origins,
+        require_sni,
     }
 }
 

@@ -93,6 +93,7 @@ fn rule(r: &Field<'_>, peers_key: &str, ns: &str) -> Rule {
         ports,
         origin: r.origin(),
         peer_origins,
+        require_sni: None,
     }
 }
 
