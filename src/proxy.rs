@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use palisade_proxy::capability::NetRaw;
-use palisade_proxy::config::{CaSource, HttpLimits};
+use palisade_proxy::config::{CaSource, DnsOptions, HttpLimits, Refusal};
 use palisade_proxy::controller_address::ControllerAddress;
+use palisade_proxy::dns::cache::Limits;
 use palisade_proxy::{Config, FailMode};
 
 /// Arguments of `palisade proxy`.
@@ -107,9 +108,36 @@ pub struct Args {
     /// Ports never inspected (the pod's `palisade.dev/opaque-ports`, comma-separated).
     #[arg(long, env = "PALISADE_OPAQUE_PORTS", value_delimiter = ',')]
     opaque_ports: Vec<u16>,
+    /// How long a DNS record keeps allowing new connections after its TTL ran out.
+    #[arg(long, env = "PALISADE_DNS_GRACE", default_value = "60s", value_parser = humantime::parse_duration)]
+    dns_grace: Duration,
+    /// The most names the pod's DNS cache keeps.
+    #[arg(long, env = "PALISADE_DNS_MAX_NAMES", default_value_t = 10_000)]
+    dns_max_names: usize,
+    /// The most addresses the DNS cache keeps per name.
+    #[arg(long, env = "PALISADE_DNS_MAX_IPS_PER_NAME", default_value_t = 50)]
+    dns_max_ips_per_name: usize,
+    /// The answer to a query whose name DNS rules refuse.
+    #[arg(long, env = "PALISADE_DNS_REFUSE_WITH", value_enum, default_value_t = RefuseWith::Nxdomain)]
+    dns_refuse_with: RefuseWith,
+    /// How long a resolver may take to answer a forwarded query.
+    #[arg(long, env = "PALISADE_DNS_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    dns_timeout: Duration,
+    /// Do not resolve the policy's matchName names at start and on TTL expiry.
+    #[arg(long, env = "PALISADE_DNS_NO_RESOLVE")]
+    dns_no_resolve: bool,
     /// Worker threads; 1 runs everything on one thread, the leanest for a sidecar.
     #[arg(long, env = "PALISADE_THREADS", default_value_t = 1)]
     threads: usize,
+}
+
+/// The response code of refused DNS queries, as the command line spells it.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum RefuseWith {
+    /// NXDOMAIN: the name does not exist (search lists move on at once).
+    Nxdomain,
+    /// REFUSED.
+    Refused,
 }
 
 /// The fail mode, as the command line spells it.
@@ -176,6 +204,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             max_headers: args.http_max_headers,
         },
         opaque_ports: args.opaque_ports,
+        dns: DnsOptions {
+            limits: Limits {
+                max_names: args.dns_max_names.max(1),
+                max_ips_per_name: args.dns_max_ips_per_name.max(1),
+                grace: args.dns_grace,
+            },
+            refuse_with: match args.dns_refuse_with {
+                RefuseWith::Nxdomain => Refusal::NxDomain,
+                RefuseWith::Refused => Refusal::Refused,
+            },
+            timeout: args.dns_timeout,
+            resolve_names: !args.dns_no_resolve,
+        },
     };
     let runtime = crate::logging::runtime(args.threads)?;
     runtime

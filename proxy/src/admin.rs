@@ -1,7 +1,10 @@
 //! The admin server, on loopback only: `/live`, `/ready` (once a first policy arrived),
-//! `/metrics` (Prometheus) and `/policy` (the policy in force, as JSON).
+//! `/metrics` (Prometheus), `/policy` (the policy in force, as JSON) and `/dns` (the pod's
+//! DNS cache: each name, its addresses, their TTL left and open connections, as JSON).
 
 use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -13,18 +16,24 @@ use hyper_util::rt::TokioIo;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
+use crate::dns::cache::DnsCache;
 use crate::state::PolicyState;
 
 /// Serves the admin endpoints forever.
-pub async fn serve(listener: TcpListener, state: PolicyState, metrics: Option<PrometheusHandle>) {
+pub async fn serve(
+    listener: TcpListener,
+    state: PolicyState,
+    dns: Arc<DnsCache>,
+    metrics: Option<PrometheusHandle>,
+) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             continue;
         };
-        let (state, metrics) = (state.clone(), metrics.clone());
+        let (state, dns, metrics) = (state.clone(), dns.clone(), metrics.clone());
         let service = service_fn(move |req| {
-            let response = respond(&req, &state, metrics.as_ref());
+            let response = respond(&req, &state, &dns, metrics.as_ref());
             async move { Ok::<_, Infallible>(response) }
         });
         tokio::spawn(async move {
@@ -52,6 +61,7 @@ fn text(
 fn respond(
     req: &Request<Incoming>,
     state: &PolicyState,
+    dns: &DnsCache,
     metrics: Option<&PrometheusHandle>,
 ) -> Response<Full<Bytes>> {
     const PLAIN: &str = "text/plain; charset=utf-8";
@@ -84,9 +94,13 @@ fn respond(
             },
             None => text(StatusCode::SERVICE_UNAVAILABLE, "no policy yet\n", PLAIN),
         },
+        "/dns" => match serde_json::to_vec_pretty(&dns.list(Instant::now())) {
+            Ok(json) => text(StatusCode::OK, json, "application/json"),
+            Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), PLAIN),
+        },
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found: try /live, /ready, /metrics or /policy\n",
+            "not found: try /live, /ready, /metrics, /policy or /dns\n",
             PLAIN,
         ),
     }

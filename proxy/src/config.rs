@@ -60,6 +60,42 @@ pub struct Config {
     /// Ports never inspected (`palisade.dev/opaque-ports`): a connection to one that only
     /// rules with HTTP conditions allow is refused.
     pub opaque_ports: Vec<u16>,
+    /// The DNS proxy's options.
+    pub dns: DnsOptions,
+}
+
+/// How the DNS proxy answers and learns.
+#[derive(Debug, Clone)]
+pub struct DnsOptions {
+    /// The cache's bounds and grace period.
+    pub limits: crate::dns::cache::Limits,
+    /// The answer to a query that DNS rules refuse.
+    pub refuse_with: Refusal,
+    /// How long a resolver may take to answer.
+    pub timeout: Duration,
+    /// Resolve the policy's `matchName` names at start and when their TTL runs out.
+    pub resolve_names: bool,
+}
+
+impl Default for DnsOptions {
+    fn default() -> Self {
+        Self {
+            limits: Default::default(),
+            refuse_with: Refusal::NxDomain,
+            timeout: Duration::from_secs(5),
+            resolve_names: true,
+        }
+    }
+}
+
+/// The response code of a query DNS rules refuse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// `NXDOMAIN`: the name does not exist, so a search-list walk moves on at once (musl
+    /// stops at the first other error).
+    NxDomain,
+    /// `REFUSED`.
+    Refused,
 }
 
 /// Where the controller's CA comes from.

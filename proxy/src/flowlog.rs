@@ -43,9 +43,45 @@ pub struct Entry<'a> {
     /// Why the flow ended, when logged at its end (closed by a new policy).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub event: Option<&'static str>,
-    /// The HTTP request judged, on an inspected connection (one line per request).
+    /// The DNS name through which a `toFQDNs` rule allowed the destination.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fqdn: Option<&'a str>,
+    /// The HTTP request or DNS query judged (one line per request or query).
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
-    pub request: Option<RequestEntry<'a>>,
+    pub extra: Option<Extra<'a>>,
+}
+
+/// What a line is about beyond the flow.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum Extra<'a> {
+    /// An HTTP request on an inspected connection.
+    Request(RequestEntry<'a>),
+    /// A DNS query through the DNS proxy.
+    Dns(DnsEntry<'a>),
+    /// A TLS ClientHello (or HTTP `Host`) checked against the names resolved to the address.
+    Sni(SniEntry<'a>),
+}
+
+/// The part of a flow log line that describes one DNS query.
+#[derive(Debug, Serialize)]
+pub struct DnsEntry<'a> {
+    /// The name asked for, as people write it.
+    pub query: &'a str,
+    /// The record type asked for (`A`, `AAAA`, ...).
+    pub qtype: String,
+    /// The answer's response code (`NoError`, `NXDomain`, ...), the server's or the
+    /// proxy's own; absent when no answer was given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rcode: Option<String>,
+}
+
+/// The part of a flow log line that describes a checked server name.
+#[derive(Debug, Serialize)]
+pub struct SniEntry<'a> {
+    /// The TLS server name, or the HTTP `Host` (absent when the connection named none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sni: Option<&'a str>,
 }
 
 /// The part of a flow log line that describes one HTTP request.

@@ -8,12 +8,14 @@ use std::time::Instant;
 
 use palisade_policy::cluster::is_loopback;
 use palisade_policy::compiled::{Flow, Mode};
+use palisade_policy::fqdn;
 use palisade_policy::policy::Direction;
 use palisade_policy::ports::Protocol;
 use palisade_policy::verdict::{decide, Action, Verdict};
 
 use crate::config::{Config, FailMode};
-use crate::flowlog::{self, Entry, FlowLog, RequestEntry};
+use crate::dns::cache::{DnsCache, Resolved};
+use crate::flowlog::{self, Entry, Extra, FlowLog};
 use crate::metrics;
 use crate::report::Reporter;
 use crate::state::{Current, PolicyState, Snapshot};
@@ -32,6 +34,9 @@ pub struct FlowInfo {
     pub dst: SocketAddr,
     /// The Service the pod asked for, if any.
     pub service: Option<Arc<str>>,
+    /// The DNS names the pod resolved to the destination (egress), valid when the flow
+    /// started; they keep judging the flow for as long as it is open.
+    pub names: Option<Arc<Resolved>>,
 }
 
 impl FlowInfo {
@@ -45,13 +50,13 @@ impl FlowInfo {
     }
 
     /// The flow as the policy crate judges it.
-    pub fn as_flow(&self) -> Flow<'static> {
+    pub fn as_flow(&self) -> Flow<'_> {
         Flow {
             direction: self.direction,
             peer: self.peer(),
             port: self.dst.port(),
             protocol: self.protocol,
-            names: &[],
+            names: self.names.as_ref().map_or(&[], |r| &r.names[..]),
         }
     }
 
@@ -62,6 +67,25 @@ impl FlowInfo {
             Direction::Egress => "outbound",
         }
     }
+}
+
+/// What a flow log line says about a flow, beyond the flow itself.
+#[derive(Debug)]
+pub struct Line<'a> {
+    /// What happened.
+    pub action: Action,
+    /// The reason's kind.
+    pub reason: String,
+    /// The reason in words.
+    pub detail: String,
+    /// The version of the policy that decided.
+    pub policy_version: Option<u64>,
+    /// Why the line is written when it is not a new flow.
+    pub event: Option<&'static str>,
+    /// The DNS name through which a `toFQDNs` rule allowed the destination.
+    pub fqdn: Option<&'a str>,
+    /// An HTTP request or a DNS query the line is about.
+    pub extra: Option<Extra<'a>>,
 }
 
 /// A verdict and the policy it came from.
@@ -84,6 +108,9 @@ pub enum L7Need {
     None,
     /// Only rules with HTTP conditions allow it: each request is judged.
     Http,
+    /// Only `toFQDNs` rules that require SNI allow it: its TLS server name (or each HTTP
+    /// request's `Host`) must be an allowed name resolved to the address.
+    Sni,
     /// Only rules with conditions this connection cannot be inspected for allow it, so it
     /// is refused: the proxy never lets through more than the policy allows.
     Refused(Uninspectable),
@@ -98,6 +125,8 @@ pub enum Uninspectable {
     OpaquePort,
     /// The flow is relayed unread: UDP, or a connection opened before HTTP rules applied.
     Unread,
+    /// DNS rules, which are checked for queries to the pod's resolvers only.
+    DnsElsewhere,
 }
 
 /// Judges flows for every listener.
@@ -108,18 +137,26 @@ pub struct Judge {
     log: FlowLog,
     reporter: Reporter,
     next_backend: Arc<AtomicUsize>,
+    dns: Arc<DnsCache>,
 }
 
 impl Judge {
-    /// A judge over the pod's policy state.
+    /// A judge over the pod's policy state, with an empty DNS cache.
     pub fn new(config: Arc<Config>, state: PolicyState, log: FlowLog, reporter: Reporter) -> Self {
+        let dns = DnsCache::new(config.dns.limits.clone());
         Self {
             config,
             state,
             log,
             reporter,
             next_backend: Arc::new(AtomicUsize::new(0)),
+            dns,
         }
+    }
+
+    /// The pod's DNS cache: what it resolved.
+    pub fn dns(&self) -> &Arc<DnsCache> {
+        &self.dns
     }
 
     /// The configuration.
@@ -168,12 +205,14 @@ impl Judge {
         protocol: Protocol,
     ) -> Option<FlowInfo> {
         let (dst, service) = self.route(asked, protocol).await?;
+        let names = self.dns.resolve(dst.ip().to_canonical(), Instant::now());
         Some(FlowInfo {
             direction: Direction::Egress,
             protocol,
             src,
             dst,
             service,
+            names: names.map(Arc::new),
         })
     }
 
@@ -205,16 +244,17 @@ impl Judge {
         let start = Instant::now();
         let verdict = decide(&snapshot.policy, &flow.as_flow());
         ::metrics::histogram!(metrics::DECISION_SECONDS).record(start.elapsed().as_secs_f64());
+        let readable = inspectable && flow.protocol == Protocol::Tcp;
         let l7 = match verdict.inspect {
             _ if verdict.action != Action::Allow => L7Need::None,
             i if i.tls => L7Need::Refused(Uninspectable::TlsServerNames),
-            i if i.http && self.config.opaque_ports.contains(&flow.dst.port()) => {
+            i if i.dns => L7Need::Refused(Uninspectable::DnsElsewhere),
+            i if (i.http || i.sni) && self.config.opaque_ports.contains(&flow.dst.port()) => {
                 L7Need::Refused(Uninspectable::OpaquePort)
             }
-            i if i.http && !(inspectable && flow.protocol == Protocol::Tcp) => {
-                L7Need::Refused(Uninspectable::Unread)
-            }
+            i if (i.http || i.sni) && !readable => L7Need::Refused(Uninspectable::Unread),
             i if i.http => L7Need::Http,
+            i if i.sni => L7Need::Sni,
             _ => L7Need::None,
         };
         let action = match (l7, snapshot.policy.mode) {
@@ -230,7 +270,9 @@ impl Judge {
         }
     }
 
-    fn without_policy(&self, flow: &FlowInfo) -> Judgement {
+    /// The verdict when no policy arrived in time: the fail mode's, except for the pod's
+    /// own traffic and its node.
+    pub fn without_policy(&self, flow: &FlowInfo) -> Judgement {
         let peer = flow.peer();
         let action = if is_loopback(peer)
             || self.config.pod_ips.contains(&peer)
@@ -299,9 +341,12 @@ impl Judge {
                              and never inspected",
                             flow.dst.port()
                         ),
-                        L7Need::Refused(Uninspectable::Unread) => "with HTTP rules, which a \
-                            flow relayed unread (UDP, or opened before they applied) cannot be \
-                            held to"
+                        L7Need::Refused(Uninspectable::Unread) => "with HTTP rules or \
+                            requireSNI, which a flow relayed unread (UDP, or opened before they \
+                            applied) cannot be held to"
+                            .to_owned(),
+                        L7Need::Refused(Uninspectable::DnsElsewhere) => "with DNS rules, which \
+                            are checked only for queries to the pod's resolvers"
                             .to_owned(),
                         _ => "which asks for TLS server names; this proxy does not check them yet"
                             .to_owned(),
@@ -321,8 +366,20 @@ impl Judge {
                 ),
             ),
         };
-        let version = j.snapshot.as_ref().map(|s| s.version);
-        self.write_log(flow, j.action, reason, detail, version, event, None);
+        let as_flow = flow.as_flow();
+        let fqdn = j.verdict.and_then(|v| v.name(&as_flow)).map(fqdn::display);
+        self.write_log(
+            flow,
+            Line {
+                action: j.action,
+                reason,
+                detail,
+                policy_version: j.snapshot.as_ref().map(|s| s.version),
+                event,
+                fqdn,
+                extra: None,
+            },
+        );
     }
 
     /// Refuses a flow from outside the pod aimed at one of the proxy's own ports, which the
@@ -335,33 +392,53 @@ impl Judge {
         );
         self.write_log(
             flow,
-            Action::Deny,
-            "proxy-port".to_owned(),
-            detail,
-            None,
-            None,
-            None,
+            Line {
+                action: Action::Deny,
+                reason: "proxy-port".to_owned(),
+                detail,
+                policy_version: None,
+                event: None,
+                fqdn: None,
+                extra: None,
+            },
         );
     }
 
-    /// Writes a flow log line.
-    #[allow(clippy::too_many_arguments)]
-    pub fn write_log(
+    /// Writes the flow log line of a connection or message refused for what it carried,
+    /// against the policy in force.
+    pub fn log_refusal(
         &self,
         flow: &FlowInfo,
-        action: Action,
-        reason: String,
+        reason: &str,
         detail: String,
-        policy_version: Option<u64>,
-        event: Option<&'static str>,
-        request: Option<RequestEntry<'_>>,
+        extra: Option<Extra<'_>>,
     ) {
-        if action != Action::Allow {
+        self.write_log(
+            flow,
+            Line {
+                action: Action::Deny,
+                reason: reason.to_owned(),
+                detail,
+                policy_version: self.state.current().map(|s| s.version),
+                event: None,
+                fqdn: None,
+                extra,
+            },
+        );
+    }
+
+    /// Writes a flow log line about `flow`.
+    pub fn write_log(&self, flow: &FlowInfo, line: Line<'_>) {
+        if line.action != Action::Allow {
             // The policies that refused it: those whose HTTP rules did not allow a request,
             // else those that isolate the pod's side (none: the fail mode or the proxy).
-            let policies = match request.as_ref().and_then(|r| r.policy) {
+            let request = match &line.extra {
+                Some(Extra::Request(r)) => Some(r),
+                _ => None,
+            };
+            let policies = match request.and_then(|r| r.policy) {
                 Some(p) => p.split(", ").map(str::to_owned).collect(),
-                None if reason == "no-policy" || reason == "proxy-port" => Vec::new(),
+                None if line.reason == "no-policy" || line.reason == "proxy-port" => Vec::new(),
                 None => self.state.current().map_or_else(Vec::new, |s| {
                     s.policy
                         .side(flow.direction)
@@ -372,22 +449,23 @@ impl Judge {
                 }),
             };
             self.reporter
-                .record(flow, action, &reason, policies, request.as_ref());
+                .record(flow, line.action, &line.reason, policies, request);
         }
         self.log.write(&Entry {
             time: flowlog::now(),
             pod: &self.config.pod,
             direction: flow.direction,
-            action: action.as_str(),
+            action: line.action.as_str(),
             protocol: flow.protocol,
             src: flow.src,
             dst: flow.dst,
             service: flow.service.as_deref(),
-            reason,
-            detail,
-            policy_version,
-            event,
-            request,
+            reason: line.reason,
+            detail: line.detail,
+            policy_version: line.policy_version,
+            event: line.event,
+            fqdn: line.fqdn,
+            extra: line.extra,
         });
     }
 

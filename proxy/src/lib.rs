@@ -172,8 +172,8 @@ pub async fn run(config: Config) -> Result<(), ListenError> {
             })?;
         tokio::spawn(outbound::serve(outbound, judge.clone()));
         tokio::spawn(inbound::serve(inbound, judge.clone()));
-        tokio::spawn(outbound::serve(dns_tcp, judge.clone()));
-        tokio::spawn(dns::serve(dns_udp, judge.clone()));
+        tokio::spawn(dns::serve_tcp(dns_tcp, judge.clone()));
+        tokio::spawn(dns::serve_udp(dns_udp, judge.clone()));
         let Some(raw) = &raw else { continue };
         for (direction, port) in [
             (Direction::Egress, config.outbound_port),
@@ -192,8 +192,17 @@ pub async fn run(config: Config) -> Result<(), ListenError> {
             }
         }
     }
+    tokio::spawn(dns::sweep(judge.clone()));
+    if config.dns.resolve_names {
+        tokio::spawn(dns::resolve::run(judge.clone()));
+    }
     let admin = tcp_listener("admin", config.admin)?;
-    tokio::spawn(admin::serve(admin, state.clone(), metrics));
+    tokio::spawn(admin::serve(
+        admin,
+        state.clone(),
+        judge.dns().clone(),
+        metrics,
+    ));
     tracing::info!(pod = %config.pod, controllers = %config.controllers.iter().map(ToString::to_string).collect::<Vec<_>>().join(","), "proxy started");
     let link = client::Link::default();
     tokio::spawn(reporter.run(config.clone(), link.clone()));

@@ -29,6 +29,21 @@ pub const INBOUND_SOURCE_FALLBACKS: &str = "palisade_inbound_source_fallbacks_to
 pub const HTTP_REQUESTS: &str = "palisade_http_requests_total";
 /// Connections inspected as HTTP, by direction and what they turned out to speak.
 pub const INSPECTED: &str = "palisade_inspected_connections_total";
+/// DNS queries through the DNS proxy, by verdict (`allowed`, `denied`: no rule allows the
+/// flow to the server; `refused`: DNS rules refuse the name; `malformed`; `failed`: the
+/// server did not answer).
+pub const DNS_QUERIES: &str = "palisade_dns_queries_total";
+/// Names in the pod's DNS cache.
+pub const DNS_NAMES: &str = "palisade_dns_names";
+/// Addresses (name and address pairs) in the pod's DNS cache.
+pub const DNS_RECORDS: &str = "palisade_dns_cache_records";
+/// Records evicted from a full DNS cache, by reason (`names`, `addresses-per-name`).
+pub const DNS_EVICTIONS: &str = "palisade_dns_cache_evictions_total";
+/// Lookups of the policy's `matchName` names by the proxy itself, by result.
+pub const DNS_RESOLUTIONS: &str = "palisade_dns_resolutions_total";
+/// Connections whose TLS server name (or HTTP `Host`) was checked for `requireSNI`, by
+/// action.
+pub const SNI_CHECKS: &str = "palisade_sni_checks_total";
 /// Flow log lines dropped because the writer could not keep up.
 pub const FLOW_LOG_DROPPED: &str = "palisade_flow_log_dropped_total";
 
@@ -102,6 +117,24 @@ fn describe() {
     describe_counter!(
         FLOW_RECORDS_DROPPED,
         "Flow records not reported to the controller, by reason (queue-full, send-failed)"
+    );
+    describe_counter!(
+        DNS_QUERIES,
+        "DNS queries through the DNS proxy, by verdict (allowed, denied, refused, malformed, failed)"
+    );
+    describe_gauge!(DNS_NAMES, "Names in the pod's DNS cache");
+    describe_gauge!(DNS_RECORDS, "Name and address pairs in the pod's DNS cache");
+    describe_counter!(
+        DNS_EVICTIONS,
+        "Records evicted from a full DNS cache, by reason (names, addresses-per-name)"
+    );
+    describe_counter!(
+        DNS_RESOLUTIONS,
+        "Lookups of the policy's matchName names by the proxy itself, by result (ok, failed)"
+    );
+    describe_counter!(
+        SNI_CHECKS,
+        "Connections whose TLS server name or HTTP Host was checked for requireSNI, by action"
     );
     describe_counter!(
         FLOW_LOG_DROPPED,

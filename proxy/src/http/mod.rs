@@ -179,16 +179,12 @@ fn count_inspected(flow: &FlowInfo, protocol: &'static str) {
 /// Logs a connection refused because it does not speak HTTP (it was allowed only by HTTP
 /// rules), and counts it as a denied request-less flow.
 fn refuse(judge: &Judge, flow: &FlowInfo, what: &'static str, detail: &str) {
-    let version = judge.state().current().map(|s| s.version);
-    judge.write_log(
+    judge.log_refusal(
         flow,
-        Action::Deny,
-        "not-http".to_owned(),
+        "not-http",
         format!(
             "only rules with HTTP conditions allow this connection, and it sent {detail} ({what}); refused"
         ),
-        version,
-        None,
         None,
     );
 }
@@ -197,14 +193,10 @@ impl Connection {
     /// Logs what ended the connection when it is worth knowing.
     fn connection_error(&self, e: &hyper::Error) {
         if e.is_parse() || e.is_parse_too_large() || e.is_parse_version_h2() {
-            let version = self.judge.state().current().map(|s| s.version);
-            self.judge.write_log(
+            self.judge.log_refusal(
                 &self.flow,
-                Action::Deny,
-                "bad-request".to_owned(),
+                "bad-request",
                 format!("refused with 400: {e}"),
-                version,
-                None,
                 None,
             );
             request::count(&self.flow, Action::Deny, 400);
@@ -216,14 +208,10 @@ impl Connection {
     }
 
     fn log_violation(&self, v: &Violation) {
-        let version = self.judge.state().current().map(|s| s.version);
-        self.judge.write_log(
+        self.judge.log_refusal(
             &self.flow,
-            Action::Deny,
-            "bad-request".to_owned(),
+            "bad-request",
             format!("refused with 400: {v}"),
-            version,
-            None,
             None,
         );
         request::count(&self.flow, Action::Deny, 400);

@@ -18,8 +18,8 @@ use palisade_policy::http::Request as Judged;
 use palisade_policy::verdict::{decide_http, http_policies, Action, Reason, Verdict};
 
 use super::{Connection, Version};
-use crate::flowlog::RequestEntry;
-use crate::judge::FlowInfo;
+use crate::flowlog::{Extra, RequestEntry};
+use crate::judge::{FlowInfo, Line};
 use crate::metrics;
 use crate::state::Snapshot;
 
@@ -359,21 +359,24 @@ impl Connection {
         };
         self.judge.write_log(
             &self.flow,
-            action,
-            reason,
-            detail,
-            version,
-            None,
-            Some(RequestEntry {
-                http: self.version.as_str(),
-                method: &seen.method,
-                path: &seen.path,
-                host: seen.host.as_deref(),
-                status,
-                policy: policy.as_deref(),
-                rule,
-                http_rule,
-            }),
+            Line {
+                action,
+                reason,
+                detail,
+                policy_version: version,
+                event: None,
+                fqdn: None,
+                extra: Some(Extra::Request(RequestEntry {
+                    http: self.version.as_str(),
+                    method: &seen.method,
+                    path: &seen.path,
+                    host: seen.host.as_deref(),
+                    status,
+                    policy: policy.as_deref(),
+                    rule,
+                    http_rule,
+                })),
+            },
         );
     }
 }

@@ -224,6 +224,7 @@ async fn inbound(
         src: client,
         dst,
         service: None,
+        names: None,
     };
     if judge.config().is_own_port(dst.port()) {
         judge.refuse_own_port(&flow);
