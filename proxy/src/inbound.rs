@@ -35,6 +35,7 @@ async fn handle(judge: Judge, client: TcpStream, src: SocketAddr) {
         dst,
         service: None,
         names: None,
+        named: None,
     };
     // Nobody outside the pod gets to speak to one of the proxy's own ports.
     if judge.config().is_own_port(dst.port()) {

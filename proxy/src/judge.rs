@@ -37,6 +37,9 @@ pub struct FlowInfo {
     /// The DNS names the pod resolved to the destination (egress), valid when the flow
     /// started; they keep judging the flow for as long as it is open.
     pub names: Option<Arc<Resolved>>,
+    /// The one name the connection named (its checked TLS server name): it is judged as
+    /// naming this name only.
+    pub named: Option<Arc<str>>,
 }
 
 impl FlowInfo {
@@ -51,12 +54,24 @@ impl FlowInfo {
 
     /// The flow as the policy crate judges it.
     pub fn as_flow(&self) -> Flow<'_> {
-        Flow {
+        let flow = Flow {
             direction: self.direction,
             peer: self.peer(),
             port: self.dst.port(),
             protocol: self.protocol,
             names: self.names.as_ref().map_or(&[], |r| &r.names[..]),
+        };
+        match &self.named {
+            Some(name) => flow.only_name(name),
+            None => flow,
+        }
+    }
+
+    /// The same flow, judged from now on as naming `name` only.
+    pub fn with_only_name(&self, name: &str) -> Self {
+        Self {
+            named: Some(Arc::from(name)),
+            ..self.clone()
         }
     }
 
@@ -213,6 +228,7 @@ impl Judge {
             dst,
             service,
             names: names.map(Arc::new),
+            named: None,
         })
     }
 

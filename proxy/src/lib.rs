@@ -59,6 +59,7 @@ pub mod metrics;
 pub mod original_dst;
 pub mod outbound;
 pub mod report;
+pub mod sni;
 pub mod splice;
 pub mod state;
 pub mod tcp;

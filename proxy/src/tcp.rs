@@ -12,10 +12,10 @@ use palisade_policy::verdict::Action;
 use socket2::{Domain, Socket, Type};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
-use crate::http;
 use crate::judge::{FlowInfo, Judge, L7Need};
 use crate::metrics;
 use crate::splice::{self, reset_on_close};
+use crate::{http, sni};
 
 /// Accepts connections forever, handing each to `handle`. When the process runs out of
 /// descriptors or memory, it pauses briefly instead of spinning, and says so at most once a
@@ -67,13 +67,19 @@ pub async fn forward(judge: &Judge, flow: FlowInfo, client: TcpStream) {
         reset_on_close(&client);
         return;
     }
-    if j.l7 == L7Need::Http {
-        // Only rules with HTTP conditions allow it: each request is judged. Every other
-        // connection is relayed unread, at no cost beyond this comparison.
-        return http::serve(judge, flow, client).await;
+    match j.l7 {
+        // Only rules with HTTP conditions allow it: each request is judged.
+        L7Need::Http => {
+            let host_check = j.verdict.is_some_and(|v| v.inspect.sni);
+            return http::serve(judge, flow, client, host_check).await;
+        }
+        // Only rules requiring SNI allow it: the server name is checked first.
+        L7Need::Sni => return sni::serve(judge, flow, client).await,
+        // Every other connection is relayed unread.
+        _ => {}
     }
     match open_upstream(judge, &flow).await {
-        Ok(upstream) => relay(judge, &flow, j.action, client, upstream).await,
+        Ok(upstream) => relay(judge, &flow, j.action, false, client, upstream).await,
         Err(e) => {
             tracing::debug!(src = %flow.src, dst = %flow.dst, error = %e, "cannot reach the destination");
             reset_on_close(&client);
@@ -233,10 +239,13 @@ impl Drop for OpenGuard {
 
 /// Relays an allowed connection until it ends, re-judging it whenever a new policy
 /// arrives and cutting it off (with resets both ways) if that policy denies it.
+/// `checked`: what the connection carries was checked when it started (its server name),
+/// so a policy asking for that check does not cut it.
 pub async fn relay(
     judge: &Judge,
     flow: &FlowInfo,
     action: Action,
+    checked: bool,
     mut client: TcpStream,
     mut upstream: TcpStream,
 ) {
@@ -246,7 +255,7 @@ pub async fn relay(
         let relay = splice::relay(&mut client, &mut upstream);
         tokio::select! {
             moved = relay => Some(moved),
-            _ = judge.until_denied(flow, false, &mut policies) => None,
+            _ = judge.until_denied(flow, checked, &mut policies) => None,
         }
     };
     match moved {

@@ -20,7 +20,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use palisade_policy::verdict::Action;
 use tokio::net::TcpStream;
 
-use crate::detect::{detect, DetectError, Detected};
+use crate::detect::{detect, DetectError, Detected, Prefixed};
 use crate::judge::{FlowInfo, Judge};
 use crate::metrics;
 use crate::splice::reset_on_close;
@@ -50,6 +50,8 @@ impl Version {
 struct Connection {
     judge: Judge,
     flow: FlowInfo,
+    /// Each request's `Host` must be a name the pod resolved to the address (`requireSNI`).
+    host_check: bool,
     version: Version,
     upstream: Upstream,
     /// What the strict HTTP/1 reader refused, to answer and log once hyper is done.
@@ -60,8 +62,9 @@ struct Connection {
 }
 
 /// Inspects an allowed connection that only rules with HTTP conditions allow, until it
-/// ends or a new policy denies it outright.
-pub async fn serve(judge: &Judge, flow: FlowInfo, client: TcpStream) {
+/// ends or a new policy denies it outright. `host_check`: each request's `Host` must also
+/// be a name the pod resolved to the address (`requireSNI`).
+pub async fn serve(judge: &Judge, flow: FlowInfo, client: TcpStream, host_check: bool) {
     let limits = &judge.config().http;
     let detected = detect(client, limits.detect_timeout).await;
     let (version, stream) = match detected {
@@ -88,6 +91,18 @@ pub async fn serve(judge: &Judge, flow: FlowInfo, client: TcpStream) {
             return;
         }
     };
+    serve_detected(judge, flow, version, stream, host_check).await
+}
+
+/// Inspects a connection whose first bytes were read and found to be HTTP.
+pub async fn serve_detected(
+    judge: &Judge,
+    flow: FlowInfo,
+    version: Version,
+    stream: Prefixed<TcpStream>,
+    host_check: bool,
+) {
+    let limits = &judge.config().http;
     count_inspected(
         &flow,
         match version {
@@ -107,6 +122,7 @@ pub async fn serve(judge: &Judge, flow: FlowInfo, client: TcpStream) {
     let conn = Arc::new(Connection {
         judge: judge.clone(),
         flow,
+        host_check,
         version,
         upstream,
         violation: Arc::default(),

@@ -13,6 +13,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use palisade_policy::compiled::Flow;
+use palisade_policy::fqdn;
 use palisade_policy::http::path::normalize;
 use palisade_policy::http::Request as Judged;
 use palisade_policy::verdict::{decide_http, http_policies, Action, Reason, Verdict};
@@ -188,7 +189,17 @@ async fn judge_and_forward(conn: &Connection, mut req: Request<Incoming>) -> Res
         // A connection is inspected only once a policy judged it; there is always one.
         return refuse("no policy".into(), &seen);
     };
-    let flow = conn.flow.as_flow();
+    let named;
+    let mut flow = conn.flow.as_flow();
+    if conn.host_check {
+        // requireSNI: the request is judged as naming its Host only.
+        named = seen
+            .host
+            .as_deref()
+            .map(fqdn::normalize)
+            .unwrap_or_default();
+        flow = flow.only_name(&named);
+    }
     let view = View {
         method: &seen.method,
         path: &seen.path,

@@ -225,6 +225,7 @@ async fn inbound(
         dst,
         service: None,
         names: None,
+        named: None,
     };
     if judge.config().is_own_port(dst.port()) {
         judge.refuse_own_port(&flow);
