@@ -19,6 +19,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 /// Where `ip netns` keeps its namespaces.
 const NETNS_DIR: &str = "/run/netns";
+/// Where `ip netns exec` finds a namespace's own files (`/etc/netns/NAME/resolv.conf`).
+const ETC_NETNS_DIR: &str = "/etc/netns";
 
 /// Makes names unique within this process; the process id makes them unique across.
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -29,6 +31,8 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 #[derive(Debug)]
 pub struct Netns {
     name: String,
+    /// The namespace's own resolv.conf, when it has one.
+    resolv_conf: Option<PathBuf>,
 }
 
 impl Netns {
@@ -39,7 +43,10 @@ impl Netns {
         let name = format!("{prefix}-{}-{n}", std::process::id());
         ip(&["netns", "add", &name])?;
         // From here on, Drop removes it, whatever fails next.
-        let netns = Netns { name };
+        let netns = Netns {
+            name,
+            resolv_conf: None,
+        };
         netns.ip(&["link", "set", "lo", "up"])?;
         Ok(netns)
     }
@@ -54,9 +61,23 @@ impl Netns {
         PathBuf::from(NETNS_DIR).join(&self.name)
     }
 
+    /// Gives the namespace's processes their own `/etc/resolv.conf`, as a pod's containers
+    /// have: written to `/etc/netns/NAME/resolv.conf` (where `ip netns exec` looks too) and
+    /// bind-mounted over `/etc/resolv.conf` in a mount namespace of the process's own by
+    /// [`Netns::command`]. Removed with the namespace.
+    pub fn set_resolv_conf(&mut self, text: &str) -> io::Result<()> {
+        let dir = PathBuf::from(ETC_NETNS_DIR).join(&self.name);
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join("resolv.conf");
+        std::fs::write(&path, text)?;
+        self.resolv_conf = Some(path);
+        Ok(())
+    }
+
     /// A command that runs `program` inside the namespace (it enters the namespace
-    /// between fork and exec). Do not set `uid`/`gid` on it: the standard library drops
-    /// privileges before entering, which then fails; use [`Netns::command_as`].
+    /// between fork and exec), seeing the namespace's resolv.conf when it has one. Do not
+    /// set `uid`/`gid` on it: the standard library drops privileges before entering, which
+    /// then fails; use [`Netns::command_as`].
     pub fn command(&self, program: &str) -> Command {
         self.command_with(program, None)
     }
@@ -71,9 +92,15 @@ impl Netns {
         // Allocate before fork: only async-signal-safe calls may run in the child.
         let path = CString::new(self.path().as_os_str().as_bytes())
             .expect("a namespace path holds no NUL byte: names come from Netns::new");
+        let resolv = self.resolv_conf.as_ref().map(|p| {
+            CString::new(p.as_os_str().as_bytes())
+                .expect("a resolv.conf path holds no NUL byte: names come from Netns::new")
+        });
+        let root = c"/";
+        let target = c"/etc/resolv.conf";
         let mut command = Command::new(program);
-        // SAFETY: the closure only makes raw system calls (open, setns, close, setgroups,
-        // setgid, setuid) on memory allocated before the fork.
+        // SAFETY: the closure only makes raw system calls (open, setns, close, unshare,
+        // mount, setgroups, setgid, setuid) on memory allocated before the fork.
         unsafe {
             command.pre_exec(move || {
                 let fd = libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
@@ -85,6 +112,28 @@ impl Netns {
                 libc::close(fd);
                 if entered != 0 {
                     return Err(error);
+                }
+                // As `ip netns exec` does: a mount namespace of its own in which the
+                // namespace's resolv.conf covers the machine's.
+                if let Some(resolv) = &resolv {
+                    if libc::unshare(libc::CLONE_NEWNS) != 0
+                        || libc::mount(
+                            std::ptr::null(),
+                            root.as_ptr(),
+                            std::ptr::null(),
+                            libc::MS_SLAVE | libc::MS_REC,
+                            std::ptr::null(),
+                        ) != 0
+                        || libc::mount(
+                            resolv.as_ptr(),
+                            target.as_ptr(),
+                            std::ptr::null(),
+                            libc::MS_BIND,
+                            std::ptr::null(),
+                        ) != 0
+                    {
+                        return Err(io::Error::last_os_error());
+                    }
                 }
                 if let Some(uid) = uid {
                     if libc::setgroups(0, std::ptr::null()) != 0
@@ -134,6 +183,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
+        if self.resolv_conf.is_some() {
+            let _ = std::fs::remove_dir_all(PathBuf::from(ETC_NETNS_DIR).join(&self.name));
+        }
         if let Err(e) = ip(&["netns", "del", &self.name]) {
             eprintln!(
                 "palisade lab: could not delete network namespace {}: {e}",
@@ -254,6 +306,25 @@ mod tests {
 
         let out = ns.command_as("id", 2190).arg("-u").output().unwrap();
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2190");
+    }
+
+    #[test]
+    fn commands_see_the_namespace_s_resolv_conf_and_the_machine_keeps_its_own() {
+        let before = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        let mut ns = Netns::new("pal-t").unwrap();
+        ns.set_resolv_conf("nameserver 192.0.2.53\nsearch lab.test\n").unwrap();
+        let out = ns.command("cat").arg("/etc/resolv.conf").output().unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "nameserver 192.0.2.53\nsearch lab.test\n"
+        );
+        let out = ns.command_as("cat", 2190).arg("/etc/resolv.conf").output().unwrap();
+        assert!(String::from_utf8_lossy(&out.stdout).contains("192.0.2.53"));
+        assert_eq!(std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(), before);
+        let dir = PathBuf::from(ETC_NETNS_DIR).join(ns.name());
+        assert!(dir.exists());
+        drop(ns);
+        assert!(!dir.exists(), "removed with the namespace");
     }
 
     #[test]
