@@ -28,6 +28,7 @@ fn lab() -> Lab {
         binary: PathBuf::from(BINARY),
         hold: Duration::from_secs(2),
         log_allowed: true,
+        dns_grace: Duration::from_secs(60),
     })
     .expect("building the lab (needs root)")
 }
@@ -532,6 +533,7 @@ fn an_opaque_port_is_never_inspected_so_http_rules_cannot_allow_it() {
         binary: PathBuf::from(BINARY),
         hold: Duration::from_secs(2),
         log_allowed: false,
+        dns_grace: Duration::from_secs(60),
     })
     .expect("building the lab (needs root)");
     let ns = lab.netns("o/client").unwrap();

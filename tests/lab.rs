@@ -24,6 +24,7 @@ fn options(paths: &[&str]) -> LabOptions {
         binary: PathBuf::from(BINARY),
         hold: Duration::from_secs(2),
         log_allowed: false,
+        dns_grace: Duration::from_secs(60),
     }
 }
 

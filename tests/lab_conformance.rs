@@ -118,6 +118,7 @@ fn run(case: &Case, paths: Vec<PathBuf>, how: &Run<'_>) -> Outcome {
         binary: PathBuf::from(env!("CARGO_BIN_EXE_palisade")),
         hold: Duration::from_secs(2),
         log_allowed: false,
+        dns_grace: Duration::from_secs(60),
     })
     .unwrap_or_else(|e| panic!("{run_name}: building the lab for {}: {e:#}", case.name));
     assert!(

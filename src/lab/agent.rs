@@ -161,6 +161,56 @@ pub async fn probe(ns: &Netns, dst: SocketAddr, protocol: Protocol, expect: &str
     }
 }
 
+/// Whether a DNS query from inside `ns` to `dst` (a DNS server) gets an answer.
+pub async fn probe_dns(ns: &Netns, dst: SocketAddr, protocol: Protocol) -> bool {
+    use hickory_proto::op::{Message, Query};
+    use hickory_proto::rr::{Name, RecordType};
+    let mut m = Message::query();
+    m.metadata.id = 0x2190;
+    m.metadata.recursion_desired = true;
+    let Ok(name) = Name::from_ascii("kube-dns.kube-system.svc.cluster.local.") else {
+        return false;
+    };
+    m.add_query(Query::query(name, RecordType::A));
+    let Ok(query) = m.to_vec() else { return false };
+    let exchange = async {
+        let answer = match protocol {
+            Protocol::Udp => {
+                let socket = UdpSocket::from_std(
+                    socket_in(
+                        ns,
+                        dst.ip(),
+                        Type::DGRAM,
+                        Some(SocketAddr::new(any(dst.ip()), 0)),
+                    )?
+                    .into(),
+                )?;
+                socket.connect(dst).await?;
+                socket.send(&query).await?;
+                let mut buf = vec![0u8; 4096];
+                let n = socket.recv(&mut buf).await?;
+                buf.truncate(n);
+                buf
+            }
+            _ => {
+                let mut stream = connect(ns, dst).await?;
+                let mut framed = (query.len() as u16).to_be_bytes().to_vec();
+                framed.extend_from_slice(&query);
+                stream.write_all(&framed).await?;
+                let mut len = [0u8; 2];
+                stream.read_exact(&mut len).await?;
+                let mut buf = vec![0u8; usize::from(u16::from_be_bytes(len))];
+                stream.read_exact(&mut buf).await?;
+                buf
+            }
+        };
+        Ok::<_, io::Error>(Message::from_vec(&answer).is_ok_and(|a| a.metadata.id == 0x2190))
+    };
+    tokio::time::timeout(TCP_TIMEOUT, exchange)
+        .await
+        .is_ok_and(|r| r.unwrap_or(false))
+}
+
 /// Connects from inside `ns` to `dst`, says hello and reads the server's name line; the
 /// connection stays open (the server echoes what is sent next).
 pub async fn open(ns: &Netns, dst: SocketAddr) -> io::Result<(BufReader<TcpStream>, String)> {

@@ -33,6 +33,9 @@ pub struct Args {
     /// Proxies log allowed flows and HTTP requests too, not only denied ones.
     #[arg(long)]
     log_allowed: bool,
+    /// How long proxies keep DNS records usable after their TTL ran out.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    dns_grace: Duration,
 }
 
 /// Prints the comparison; returns how many flows differ.
@@ -90,6 +93,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         binary: std::env::current_exe().context("cannot find the palisade binary")?,
         hold: args.hold,
         log_allowed: args.log_allowed,
+        dns_grace: args.dns_grace,
     };
     eprintln!("palisade lab: building");
     let lab = Lab::start(options)?;

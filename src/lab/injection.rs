@@ -48,6 +48,8 @@ pub struct Webhook {
     pub fail_open: bool,
     /// They log allowed flows too.
     pub log_allowed: bool,
+    /// How long they keep DNS records usable after their TTL.
+    pub dns_grace: std::time::Duration,
 }
 
 /// The node's address of the pod's own family (the first one if it has none).
@@ -77,14 +79,15 @@ fn options(pod: &cluster::Pod, node_ips: &[IpAddr], webhook: Webhook) -> InjectO
         FailMode::Closed
     };
     o.log_allowed = webhook.log_allowed;
+    o.dns_grace = Some(format!("{}ms", webhook.dns_grace.as_millis()));
     o.ca = Some(webhook.ca);
     o
 }
 
 /// The pod as the API server would hand it to the webhook: the lab's app container with
-/// the pod's ports, and the node as its only resolver (the lab has no cluster DNS and
-/// writes no resolv.conf).
-fn api_pod(pod: &cluster::Pod, node_ip: IpAddr, force: bool) -> anyhow::Result<Pod> {
+/// the pod's ports, and the cluster's DNS (`ClusterFirst`: the lab writes each pod's
+/// resolv.conf, which init and the proxy read, as the kubelet would).
+fn api_pod(pod: &cluster::Pod, force: bool) -> anyhow::Result<Pod> {
     let mut annotations = pod.annotations.clone();
     if force {
         annotations.insert("palisade.dev/inject".into(), "enabled".into());
@@ -100,8 +103,7 @@ fn api_pod(pod: &cluster::Pod, node_ip: IpAddr, force: bool) -> anyhow::Result<P
         "metadata": {"name": pod.name, "namespace": pod.namespace, "labels": pod.labels, "annotations": annotations},
         "spec": {
             "hostNetwork": pod.host_network,
-            "dnsPolicy": "None",
-            "dnsConfig": {"nameservers": [node_ip.to_string()]},
+            "dnsPolicy": "ClusterFirst",
             "containers": [{"name": "app", "image": "palisade-lab-agent", "ports": ports}],
         },
     }))?)
@@ -124,7 +126,7 @@ pub fn review(
     webhook: Webhook,
     force: bool,
 ) -> anyhow::Result<Option<Injected>> {
-    let api = api_pod(pod, node_ip_for(pod, node_ips), force)?;
+    let api = api_pod(pod, force)?;
     let options = options(pod, node_ips, webhook);
     let ns = cluster
         .namespace(&pod.namespace)

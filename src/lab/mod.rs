@@ -8,7 +8,9 @@
 pub mod agent;
 pub mod cli;
 pub mod credentials;
+pub mod dnsmasq;
 pub mod injection;
+pub mod labhost;
 pub mod netns;
 pub mod network;
 pub mod processes;
@@ -29,7 +31,9 @@ use palisade_policy::manifest::Report;
 use palisade_policy::ports::Protocol;
 use palisade_policy::simulate::{simulate_with_self, SimFlow};
 
+use dnsmasq::Placement;
 use injection::{Facts, Injected};
+use labhost::LabHost;
 use network::Network;
 use processes::Processes;
 pub use processes::ProxyOptions;
@@ -56,6 +60,8 @@ pub struct LabOptions {
     pub hold: Duration,
     /// Proxies log allowed flows and requests too.
     pub log_allowed: bool,
+    /// How long proxies keep DNS records usable after their TTL.
+    pub dns_grace: Duration,
 }
 
 impl LabOptions {
@@ -67,6 +73,7 @@ impl LabOptions {
             max_files: None,
             net_raw: true,
             log_allowed: self.log_allowed,
+            dns_grace: self.dns_grace,
         }
     }
 }
@@ -144,6 +151,8 @@ pub struct Lab {
     injected: BTreeSet<String>,
     /// Each injected pod's containers, as the webhook patched them.
     specs: BTreeMap<String, Injected>,
+    hosts: Vec<LabHost>,
+    dns: Placement,
     manifests: PathBuf,
     options: LabOptions,
     peers: agent::Peers,
@@ -283,11 +292,35 @@ impl Lab {
             INTERRUPTED.store(true, Ordering::Relaxed);
         });
 
-        let network = Network::build("plab", &node_ips, &cluster.pods)
+        let hosts = labhost::read_paths(std::slice::from_ref(&manifests))?;
+        for h in &hosts {
+            if let Some(ip) = h.addresses.iter().find(|ip| {
+                node_ips.contains(ip) || cluster.pods.iter().any(|p| p.ips.contains(ip))
+            }) {
+                bail!("LabHost {}: address {ip} is the node's or a pod's", h.name);
+            }
+        }
+        let mut network = Network::build("plab", &node_ips, &cluster.pods)
             .context("building the lab's network")?;
+        for h in &hosts {
+            network
+                .add_host(&h.name, &h.addresses)
+                .with_context(|| format!("adding LabHost {}", h.name))?;
+        }
+        let services = Compiler::new(&cluster).services().clone();
         network
-            .translate_services(Compiler::new(&cluster).services())
+            .translate_services(&services)
             .context("translating Service addresses")?;
+        // Every pod resolves through the lab's DNS server, as the kubelet would set it up.
+        let dns = dnsmasq::placement(&cluster, &services, &node_ips);
+        for pod in &cluster.pods {
+            if let Some(ns) = network.pods.get_mut(&pod.key()) {
+                ns.set_resolv_conf(&dnsmasq::resolv_conf(
+                    &pod.namespace,
+                    dns.nameserver_for(pod),
+                ))?;
+            }
+        }
         // The policy streams' CA and certificate, and a token for every pod that may get a
         // proxy.
         let credentials = credentials::Credentials::create(
@@ -306,6 +339,7 @@ impl Lab {
             hold: options.hold,
             fail_open: false,
             log_allowed: options.log_allowed,
+            dns_grace: options.dns_grace,
         };
         let mut specs: BTreeMap<String, Injected> = BTreeMap::new();
         for pod in &cluster.pods {
@@ -327,6 +361,9 @@ impl Lab {
                 ports.sort();
                 ports.dedup();
                 for (protocol, port) in ports {
+                    if dns.pods.contains(&(pod.key(), port)) {
+                        continue; // dnsmasq serves it
+                    }
                     agent::serve(ns, &pod.ips, port, protocol, &pod.key(), &peers).with_context(
                         || format!("serving {port}/{protocol} in pod {}", pod.key()),
                     )?;
@@ -334,8 +371,32 @@ impl Lab {
             }
         }
 
+        {
+            let _inside = runtime.enter();
+            for h in &hosts {
+                for &port in &h.ports {
+                    agent::serve(
+                        &network.hosts[&h.name],
+                        &h.addresses,
+                        port,
+                        Protocol::Tcp,
+                        &h.key(),
+                        &peers,
+                    )
+                    .with_context(|| format!("serving {port}/TCP on LabHost {}", h.name))?;
+                }
+            }
+        }
+
         let mut processes =
             Processes::new(options.binary.clone(), workdir.0.join("logs"), credentials)?;
+        if dns.pods.is_empty() {
+            processes.start_dnsmasq(&network.node, &dnsmasq::config(&cluster, &hosts, 53), 53)?;
+        }
+        for (pod, port) in &dns.pods {
+            let ns = network.pods.get(pod).unwrap_or(&network.node);
+            processes.start_dnsmasq(ns, &dnsmasq::config(&cluster, &hosts, *port), *port)?;
+        }
         processes.start_controller(&network.node, &manifests)?;
         let state = LabState {
             netns: network.node.path(),
@@ -366,6 +427,8 @@ impl Lab {
             report,
             injected,
             specs,
+            hosts,
+            dns,
             manifests,
             options,
             peers,
@@ -534,6 +597,7 @@ impl Lab {
     /// to the destination's address of the flow's family.
     pub fn probe_all(&self) -> anyhow::Result<Vec<Observed>> {
         let flows = self.expected();
+        let dns_pods = &self.dns.pods;
         let permits = Arc::new(tokio::sync::Semaphore::new(PROBES_AT_ONCE));
         let mut tasks = Vec::with_capacity(flows.len());
         for flow in flows {
@@ -552,8 +616,11 @@ impl Lab {
                     };
                 }
                 let _permit = permits.acquire().await;
-                // A port with HTTP rules is probed with a real request.
-                let observed = if flow.http() && flow.protocol == Protocol::Tcp {
+                // A port with HTTP rules is probed with a real request; a DNS server, with a
+                // query.
+                let observed = if dns_pods.contains(&(flow.to.clone(), flow.port)) {
+                    agent::probe_dns(from, dst, flow.protocol).await
+                } else if flow.http() && flow.protocol == Protocol::Tcp {
                     agent::probe_http(from, dst, &flow.to).await
                 } else {
                     agent::probe(from, dst, flow.protocol, &flow.to).await
@@ -625,6 +692,7 @@ impl Lab {
             hold: options.hold,
             fail_open: options.fail_open,
             log_allowed: options.log_allowed,
+            dns_grace: options.dns_grace,
         };
         let spec = injection::review(&self.cluster, &p, &node_ips, webhook, true)?
             .ok_or_else(|| anyhow!("pod {pod} cannot have a proxy"))?;
@@ -695,6 +763,22 @@ impl Lab {
     /// The CA, certificate and tokens of the lab's policy streams.
     pub fn credentials(&self) -> &credentials::Credentials {
         self.processes.credentials()
+    }
+
+    /// The lab's hosts outside the cluster.
+    pub fn hosts(&self) -> &[LabHost] {
+        &self.hosts
+    }
+
+    /// Where the lab's DNS server runs and the address pods resolve through.
+    pub fn dns(&self) -> &Placement {
+        &self.dns
+    }
+
+    /// A command that runs `program` in a pod, as its app would: in its network namespace,
+    /// seeing its resolv.conf.
+    pub fn command(&self, pod: &str, program: &str) -> anyhow::Result<std::process::Command> {
+        Ok(self.netns(pod)?.command(program))
     }
 
     /// The lab's working folder (manifests and logs).

@@ -312,15 +312,23 @@ mod tests {
     fn commands_see_the_namespace_s_resolv_conf_and_the_machine_keeps_its_own() {
         let before = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
         let mut ns = Netns::new("pal-t").unwrap();
-        ns.set_resolv_conf("nameserver 192.0.2.53\nsearch lab.test\n").unwrap();
+        ns.set_resolv_conf("nameserver 192.0.2.53\nsearch lab.test\n")
+            .unwrap();
         let out = ns.command("cat").arg("/etc/resolv.conf").output().unwrap();
         assert_eq!(
             String::from_utf8_lossy(&out.stdout),
             "nameserver 192.0.2.53\nsearch lab.test\n"
         );
-        let out = ns.command_as("cat", 2190).arg("/etc/resolv.conf").output().unwrap();
+        let out = ns
+            .command_as("cat", 2190)
+            .arg("/etc/resolv.conf")
+            .output()
+            .unwrap();
         assert!(String::from_utf8_lossy(&out.stdout).contains("192.0.2.53"));
-        assert_eq!(std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(), before);
+        assert_eq!(
+            std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+            before
+        );
         let dir = PathBuf::from(ETC_NETNS_DIR).join(ns.name());
         assert!(dir.exists());
         drop(ns);

@@ -26,6 +26,9 @@ pub struct Network {
     pub node_ips: Vec<IpAddr>,
     /// Each pod's namespace by `namespace/name` (host-network pods use the node's).
     pub pods: BTreeMap<String, Netns>,
+    /// Each lab host's namespace by name.
+    pub hosts: BTreeMap<String, Netns>,
+    prefix: String,
 }
 
 fn sysctl(ns: &Netns, settings: &[&str]) -> io::Result<()> {
@@ -85,10 +88,30 @@ impl Network {
             node,
             node_ips: node_ips.to_vec(),
             pods: BTreeMap::new(),
+            hosts: BTreeMap::new(),
+            prefix: prefix.to_owned(),
         };
-        let node_v4 = node_ips.iter().find(|ip| ip.is_ipv4());
         for (i, pod) in pods.iter().filter(|p| !p.host_network).enumerate() {
-            let ns = Netns::new(prefix)?;
+            let ns = network.attach(&format!("p{i}"), &pod.ips)?;
+            network.pods.insert(pod.key(), ns);
+        }
+        Ok(network)
+    }
+
+    /// Adds a lab host outside the cluster: a namespace with its addresses, on the node's
+    /// bridge like a pod.
+    pub fn add_host(&mut self, name: &str, ips: &[IpAddr]) -> io::Result<()> {
+        let ns = self.attach(&format!("h{}", self.hosts.len()), ips)?;
+        self.hosts.insert(name.to_owned(), ns);
+        Ok(())
+    }
+
+    /// A namespace with these addresses, joined to the node's bridge by the veth `port`
+    /// and routed through the node.
+    fn attach(&self, port: &str, ips: &[IpAddr]) -> io::Result<Netns> {
+        let node_v4 = self.node_ips.iter().find(|ip| ip.is_ipv4());
+        let ns = Netns::new(&self.prefix)?;
+        {
             sysctl(
                 &ns,
                 &[
@@ -96,11 +119,10 @@ impl Network {
                     "net.ipv6.conf.default.accept_dad=0",
                 ],
             )?;
-            let port = format!("p{i}");
-            veth(&network.node, &port, &ns, "eth0")?;
-            network.node.ip(&["link", "set", &port, "master", "br0"])?;
+            veth(&self.node, port, &ns, "eth0")?;
+            self.node.ip(&["link", "set", port, "master", "br0"])?;
             // The node is reached on the link; everything else goes through it.
-            if let Some(node_ip) = node_v4.filter(|_| pod.ips.iter().any(IpAddr::is_ipv4)) {
+            if let Some(node_ip) = node_v4.filter(|_| ips.iter().any(IpAddr::is_ipv4)) {
                 ns.ip(&["route", "add", &format!("{node_ip}/32"), "dev", "eth0"])?;
                 ns.ip(&[
                     "route",
@@ -112,7 +134,7 @@ impl Network {
                     "eth0",
                 ])?;
             }
-            for ip in &pod.ips {
+            for ip in ips {
                 let cidr = format!("{ip}/{}", family_len(*ip));
                 match ip {
                     IpAddr::V4(_) => ns.ip(&["addr", "add", &cidr, "dev", "eth0"])?,
@@ -120,9 +142,9 @@ impl Network {
                         ns.ip(&["-6", "addr", "add", &cidr, "dev", "eth0", "nodad"])?
                     }
                 }
-                network.node.ip(&["route", "add", &cidr, "dev", "br0"])?;
+                self.node.ip(&["route", "add", &cidr, "dev", "br0"])?;
             }
-            if pod.ips.iter().any(IpAddr::is_ipv6) {
+            if ips.iter().any(IpAddr::is_ipv6) {
                 ns.ip(&[
                     "-6",
                     "route",
@@ -134,9 +156,8 @@ impl Network {
                     "eth0",
                 ])?;
             }
-            network.pods.insert(pod.key(), ns);
         }
-        Ok(network)
+        Ok(ns)
     }
 
     /// The namespace a pod's processes and sockets live in.

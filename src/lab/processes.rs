@@ -38,6 +38,8 @@ pub struct ProxyOptions {
     pub net_raw: bool,
     /// Log allowed flows and requests too (`--log-allowed`).
     pub log_allowed: bool,
+    /// How long DNS records outlive their TTL (`--dns-grace`).
+    pub dns_grace: Duration,
 }
 
 /// The file capabilities of the palisade binary in the image (see the Dockerfile): NET_RAW
@@ -54,6 +56,7 @@ pub struct Processes {
     credentials: Credentials,
     controller: Option<Child>,
     proxies: BTreeMap<String, Child>,
+    dns_servers: Vec<Child>,
 }
 
 fn stop(mut child: Child) {
@@ -93,6 +96,7 @@ impl Processes {
             credentials,
             controller: None,
             proxies: BTreeMap::new(),
+            dns_servers: Vec::new(),
         })
     }
 
@@ -152,6 +156,49 @@ impl Processes {
             .spawn()?;
         self.controller = Some(child);
         Ok(())
+    }
+
+    /// Starts the lab's DNS server (dnsmasq) in `ns` with this configuration, and waits
+    /// until it answers on `port`.
+    pub fn start_dnsmasq(&mut self, ns: &Netns, config: &str, port: u16) -> io::Result<()> {
+        let n = self.dns_servers.len();
+        let conf = self.logs.join(format!("dnsmasq-{n}.conf"));
+        std::fs::write(&conf, config)?;
+        let log = self.log(&format!("dnsmasq-{n}.log"))?;
+        let child = ns
+            .command("dnsmasq")
+            .arg(format!("--conf-file={}", path_str(&conf)?))
+            .arg(format!(
+                "--pid-file={}",
+                path_str(&self.logs.join(format!("dnsmasq-{n}.pid")))?
+            ))
+            .args(["--keep-in-foreground", "--log-facility=-", "--log-queries"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        self.dns_servers.push(child);
+        // dnsmasq binds before it logs that it started; wait for its port.
+        let start = std::time::Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            let out = ns
+                .command("ss")
+                .args(["-Hlun", &format!("sport = :{port}")])
+                .output()?;
+            if !out.stdout.is_empty() {
+                return Ok(());
+            }
+            if let Some(c) = self.dns_servers.last_mut() {
+                if let Ok(Some(status)) = c.try_wait() {
+                    return Err(io::Error::other(format!(
+                        "dnsmasq exited ({status}); see {}",
+                        self.logs.join(format!("dnsmasq-{n}.log")).display()
+                    )));
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err(io::Error::other("dnsmasq did not listen within 10 s"))
     }
 
     /// Stops the controller (proxies keep their last policy).
@@ -253,6 +300,9 @@ impl Processes {
 impl Drop for Processes {
     fn drop(&mut self) {
         for (_, c) in std::mem::take(&mut self.proxies) {
+            stop(c);
+        }
+        for c in std::mem::take(&mut self.dns_servers) {
             stop(c);
         }
         self.stop_controller();

@@ -33,6 +33,9 @@ pub struct InjectOptions {
     pub hold: Option<String>,
     /// Whether proxies log allowed flows and requests too, not only denied ones.
     pub log_allowed: bool,
+    /// How long proxies keep DNS records usable after their TTL ran out, for pods that do
+    /// not set `palisade.dev/dns-grace` (the proxy's default if `None`).
+    pub dns_grace: Option<String>,
     /// What the init container requests.
     pub init_resources: ResourceRequirements,
     /// What the proxy requests.
@@ -51,6 +54,7 @@ impl InjectOptions {
             fail_mode: FailMode::Closed,
             hold: None,
             log_allowed: false,
+            dns_grace: None,
             init_resources: containers::default_resources(containers::Part::Init),
             proxy_resources: containers::default_resources(containers::Part::Proxy),
         }
