@@ -91,7 +91,11 @@ fn reply(v: &serde_json::Value) -> &str {
 fn addresses(v: &serde_json::Value) -> Vec<String> {
     v["addresses"]
         .as_array()
-        .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_owned))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -103,7 +107,8 @@ fn fqdn_egress_end_to_end() {
     // The proxy resolved the policy's matchName names itself, before any app asked.
     assert!(
         eventually(Duration::from_secs(10), || {
-            lab.admin(client, "/dns").is_ok_and(|(_, body)| body.contains("api.github.com"))
+            lab.admin(client, "/dns")
+                .is_ok_and(|(_, body)| body.contains("api.github.com"))
         })
         .is_some(),
         "api.github.com in the cache: {:?}",
@@ -125,54 +130,107 @@ fn fqdn_egress_end_to_end() {
     });
 
     // A wildcard within one label, and a leading **. across several.
-    assert_eq!(reply(&app(&lab, client, &[], &["one.wild.test", "443", "raw"])), "labhost/wild");
-    assert_eq!(reply(&app(&lab, client, &[], &["a.b.deep.test", "443", "raw"])), "labhost/wild");
+    assert_eq!(
+        reply(&app(&lab, client, &[], &["one.wild.test", "443", "raw"])),
+        "labhost/wild"
+    );
+    assert_eq!(
+        reply(&app(&lab, client, &[], &["a.b.deep.test", "443", "raw"])),
+        "labhost/wild"
+    );
     let nested = app(&lab, client, &[], &["x.y.wild.test", "443", "raw"]);
     assert_eq!(addresses(&nested), ["203.0.113.31"], "resolved, {nested}");
     assert_eq!(reply(&nested), "", "*.wild.test is one label: {nested}");
-    logged(&lab, client, |l| l["dst"] == "203.0.113.31:443" && l["action"] == "deny");
+    logged(&lab, client, |l| {
+        l["dst"] == "203.0.113.31:443" && l["action"] == "deny"
+    });
 
     // A CNAME chain: the alias is allowed, the address at the chain's end is reached.
     let chain = app(&lab, client, &[], &["www.shop.test", "443", "raw"]);
     assert_eq!(addresses(&chain), ["203.0.113.40"], "{chain}");
     assert_eq!(reply(&chain), "labhost/edge", "{chain}");
-    let line = logged(&lab, client, |l| l["dst"] == "203.0.113.40:443" && l["action"] == "allow");
+    let line = logged(&lab, client, |l| {
+        l["dst"] == "203.0.113.40:443" && l["action"] == "allow"
+    });
     assert_eq!(line["fqdn"], "www.shop.test");
 
     // DNS over TCP (glibc's use-vc), through the DNS Service to the DNS pod.
-    let tcp = app(&lab, client, &[("RES_OPTIONS", "use-vc")], &["one.wild.test", "443", "resolve"]);
+    let tcp = app(
+        &lab,
+        client,
+        &[("RES_OPTIONS", "use-vc")],
+        &["one.wild.test", "443", "resolve"],
+    );
     assert_eq!(addresses(&tcp), ["203.0.113.30"], "{tcp}");
-    let line = logged(&lab, client, |l| l["query"] == "one.wild.test" && l["protocol"] == "TCP");
+    let line = logged(&lab, client, |l| {
+        l["query"] == "one.wild.test" && l["protocol"] == "TCP"
+    });
     assert_eq!(line["service"], "kube-system/kube-dns", "{line}");
 
     // A UDP answer too large for 512 bytes comes truncated; glibc asks again over TCP, and
     // the proxy learns all 40 addresses from that answer.
-    let many = app(&lab, client, &[], &["many.test", "443", "raw", "198.51.100.40"]);
+    let many = app(
+        &lab,
+        client,
+        &[],
+        &["many.test", "443", "raw", "198.51.100.40"],
+    );
     assert_eq!(addresses(&many).len(), 40, "{many}");
     assert_eq!(reply(&many), "labhost/many", "{many}");
-    logged(&lab, client, |l| l["query"] == "many.test" && l["protocol"] == "UDP");
-    logged(&lab, client, |l| l["query"] == "many.test" && l["protocol"] == "TCP");
+    logged(&lab, client, |l| {
+        l["query"] == "many.test" && l["protocol"] == "UDP"
+    });
+    logged(&lab, client, |l| {
+        l["query"] == "many.test" && l["protocol"] == "TCP"
+    });
 
     // Two names share one address; the rule requires SNI: the allowed name passes, the
     // other is refused, at the same address, on the same connection shape.
-    let allowed = app(&lab, client, &[], &["allowed.cdn.test", "443", "tls:allowed.cdn.test"]);
+    let allowed = app(
+        &lab,
+        client,
+        &[],
+        &["allowed.cdn.test", "443", "tls:allowed.cdn.test"],
+    );
     assert_eq!(reply(&allowed), "labhost/cdn", "{allowed}");
-    let other = app(&lab, client, &[], &["other.cdn.test", "443", "tls:other.cdn.test"]);
+    let other = app(
+        &lab,
+        client,
+        &[],
+        &["other.cdn.test", "443", "tls:other.cdn.test"],
+    );
     assert_eq!(addresses(&other), ["203.0.113.20"], "{other}");
     assert_eq!(reply(&other), "", "{other}");
     let line = logged(&lab, client, |l| l["reason"] == "sni-not-allowed");
     assert_eq!(line["sni"], "other.cdn.test", "{line}");
-    assert!(metric(&lab, client, "palisade_sni_checks_total", &["action=\"deny\""]) >= 1.0);
+    assert!(
+        metric(
+            &lab,
+            client,
+            "palisade_sni_checks_total",
+            &["action=\"deny\""]
+        ) >= 1.0
+    );
 
     // Once TTL (1 s) and grace (2 s) ran out, the shared address is refused to a name the
     // app still holds; resolving the allowed name again lets it through again.
     std::thread::sleep(Duration::from_secs(4));
-    let stale = app(&lab, client, &[], &["localhost", "443", "tls:allowed.cdn.test", "203.0.113.20"]);
+    let stale = app(
+        &lab,
+        client,
+        &[],
+        &["localhost", "443", "tls:allowed.cdn.test", "203.0.113.20"],
+    );
     assert_eq!(reply(&stale), "", "{stale}");
     logged(&lab, client, |l| {
         l["dst"] == "203.0.113.20:443" && l["action"] == "deny" && l["reason"] == "no-rule-matched"
     });
-    let again = app(&lab, client, &[], &["allowed.cdn.test", "443", "tls:allowed.cdn.test"]);
+    let again = app(
+        &lab,
+        client,
+        &[],
+        &["allowed.cdn.test", "443", "tls:allowed.cdn.test"],
+    );
     assert_eq!(reply(&again), "labhost/cdn", "{again}");
 
     // DNS rules: a Service of shop and api.github.com resolve (through the search list for
@@ -183,20 +241,46 @@ fn fqdn_egress_end_to_end() {
     let gh = app(&lab, restricted, &[], &["api.github.com", "443", "raw"]);
     assert_eq!(reply(&gh), "labhost/github", "{gh}");
     let refused = app(&lab, restricted, &[], &["one.wild.test.", "443", "resolve"]);
-    assert!(refused["error"].as_str().is_some_and(|e| e.contains("resolve")), "{refused}");
-    let line = logged(&lab, restricted, |l| l["query"] == "one.wild.test" && l["action"] == "deny");
+    assert!(
+        refused["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("resolve")),
+        "{refused}"
+    );
+    let line = logged(&lab, restricted, |l| {
+        l["query"] == "one.wild.test" && l["action"] == "deny"
+    });
     assert_eq!(line["rcode"], "NXDomain", "{line}");
-    assert!(metric(&lab, restricted, "palisade_dns_queries_total", &["verdict=\"refused\""]) >= 1.0);
+    assert!(
+        metric(
+            &lab,
+            restricted,
+            "palisade_dns_queries_total",
+            &["verdict=\"refused\""]
+        ) >= 1.0
+    );
 
     // The DNS trap: egress denied with no DNS rule; the lookup fails, and the flow log
     // says why. The control: the same lookup from shop/client above succeeded.
-    let trapped = app(&lab, "locked/lockdown", &[], &["api.github.com.", "443", "resolve"]);
-    assert!(trapped["error"].as_str().is_some_and(|e| e.contains("resolve")), "{trapped}");
+    let trapped = app(
+        &lab,
+        "locked/lockdown",
+        &[],
+        &["api.github.com.", "443", "resolve"],
+    );
+    assert!(
+        trapped["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("resolve")),
+        "{trapped}"
+    );
     let line = logged(&lab, "locked/lockdown", |l| l["query"] == "api.github.com");
     assert_eq!(line["action"], "deny");
     assert_eq!(line["reason"], "no-rule-matched");
     assert!(
-        line["detail"].as_str().is_some_and(|d| d.contains("cannot resolve names")),
+        line["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("cannot resolve names")),
         "{line}"
     );
 
@@ -205,6 +289,13 @@ fn fqdn_egress_end_to_end() {
     for name in ["api.github.com", "www.shop.test", "edge.test", "many.test"] {
         assert!(cache.contains(name), "{name} in {cache}");
     }
-    assert!(metric(&lab, client, "palisade_dns_queries_total", &["verdict=\"allowed\""]) >= 6.0);
+    assert!(
+        metric(
+            &lab,
+            client,
+            "palisade_dns_queries_total",
+            &["verdict=\"allowed\""]
+        ) >= 6.0
+    );
     assert!(metric(&lab, client, "palisade_dns_names", &[]) >= 4.0);
 }
