@@ -108,7 +108,9 @@ fn query_rtts(lab: &Lab, pod: &str) -> Vec<Duration> {
     ns.run(|| {
         let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
         socket.connect(DNS_SERVICE).unwrap();
-        socket.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
         let mut buf = [0u8; 4096];
         let mut rtts = Vec::with_capacity(QUERIES);
         for i in 0..QUERIES + 100 {
@@ -138,7 +140,9 @@ fn first_connections(lab: &Lab, pod: &str) -> Vec<Duration> {
     ns.run(|| {
         let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
         socket.connect(DNS_SERVICE).unwrap();
-        socket.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(2)))
+            .unwrap();
         let mut buf = [0u8; 4096];
         let mut out = Vec::with_capacity(CONNECTIONS);
         for i in 0..CONNECTIONS {
@@ -155,8 +159,9 @@ fn first_connections(lab: &Lab, pod: &str) -> Vec<Duration> {
                 })
                 .expect("an address");
             assert_eq!(ip, IpAddr::V4(HOST));
-            let mut s = TcpStream::connect_timeout(&SocketAddr::new(ip, 443), Duration::from_secs(2))
-                .expect("the host, through the proxy");
+            let mut s =
+                TcpStream::connect_timeout(&SocketAddr::new(ip, 443), Duration::from_secs(2))
+                    .expect("the host, through the proxy");
             s.write_all(b"hello\n").unwrap();
             let mut reply = [0u8; 16];
             let _ = s.read(&mut reply).unwrap();
@@ -174,7 +179,9 @@ fn cache_memory(addresses_per_name: u32) -> (f64, Duration, Duration) {
         max_ips_per_name: 50,
         grace: Duration::from_secs(60),
     });
-    let names: Vec<String> = (0..10_000).map(|i| format!("name-{i}.service.bench.test.")).collect();
+    let names: Vec<String> = (0..10_000)
+        .map(|i| format!("name-{i}.service.bench.test."))
+        .collect();
     let ips: Vec<Vec<(IpAddr, u32)>> = (0..10_000u32)
         .map(|i| {
             (0..addresses_per_name)
@@ -193,7 +200,9 @@ fn cache_memory(addresses_per_name: u32) -> (f64, Duration, Duration) {
     let start = Instant::now();
     let mut found = 0;
     for i in 0..10_000u32 {
-        found += cache.names_for(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i * 8)), now).len();
+        found += cache
+            .names_for(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i * 8)), now)
+            .len();
     }
     let lookup = start.elapsed() / 10_000;
     assert_eq!(found, 10_000);

@@ -234,3 +234,35 @@ fn a_dual_stack_pod_named_by_name_is_judged_over_each_family() {
     let (code, _) = check_dual_stack(&["--to", "fd00:1::2:1"]);
     assert_eq!(code, Some(1));
 }
+
+/// `check --host` judges toFQDNs rules as if the source resolved the name to the
+/// destination, with the proxy's matching, and names the DNS name that allowed it.
+#[test]
+fn host_names_the_dns_name_that_allowed_an_address() {
+    let run = |args: &[&str]| {
+        let out: Output = Command::new(env!("CARGO_BIN_EXE_palisade"))
+            .args([
+                "check",
+                "tests/lab/fqdn",
+                "--from",
+                "shop/client",
+                "--port",
+                "443",
+            ])
+            .args(args)
+            .output()
+            .expect("run palisade");
+        (out.status.code(), String::from_utf8(out.stdout).unwrap())
+    };
+    let (code, out) = run(&["--to", "203.0.113.10", "--host", "API.GitHub.com."]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("(DNS name api.github.com)"), "{out}");
+    let (code, out) = run(&["--to", "203.0.113.30", "--host", "one.wild.test"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("(DNS name one.wild.test)"), "{out}");
+    // One label deeper than *.wild.test allows, no name at all, another port: denied.
+    let (code, out) = run(&["--to", "203.0.113.31", "--host", "x.y.wild.test"]);
+    assert_eq!(code, Some(1), "{out}");
+    let (code, out) = run(&["--to", "203.0.113.10"]);
+    assert_eq!(code, Some(1), "{out}");
+}
