@@ -182,9 +182,18 @@ mod tests {
     #[test]
     fn a_lab_host_is_read_with_its_defaults() {
         let hosts = read_str(
-            "apiVersion: lab.palisade.dev/v1\nkind: LabHost\nmetadata: {name: gh}\n\
-             spec: {names: [api.github.com], addresses: [203.0.113.10, '2001:db8::10'], ports: [443],\n\
-             cnames: {www.github.com: api.github.com}}\n---\nkind: Pod\nmetadata: {name: p}\n",
+            "apiVersion: lab.palisade.dev/v1
+kind: LabHost
+metadata: {name: gh}
+spec:
+  names: [api.github.com]
+  addresses: [203.0.113.10, '2001:db8::10']
+  ports: [443]
+  cnames: {www.github.com: api.github.com}
+---
+kind: Pod
+metadata: {name: p}
+",
         )
         .unwrap();
         assert_eq!(
