@@ -44,6 +44,8 @@ try:
         except ssl.SSLWantReadError:
             pass
         s.sendall(outgoing.read())
+    elif mode.startswith("http:"):
+        s.sendall(("GET / HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n" % mode[5:]).encode())
     else:
         s.sendall(b"hello\n")
     out["reply"] = s.recv(200).split(b"\n")[0].decode("latin1")
@@ -211,6 +213,28 @@ fn fqdn_egress_end_to_end() {
             &["action=\"deny\""]
         ) >= 1.0
     );
+    // Plain HTTP at that address must name an allowed name in its Host.
+    let http_ok = app(
+        &lab,
+        client,
+        &[],
+        &["allowed.cdn.test", "443", "http:allowed.cdn.test"],
+    );
+    assert!(reply(&http_ok).starts_with("HTTP/1.1 200"), "{http_ok}");
+    let http_other = app(
+        &lab,
+        client,
+        &[],
+        &["allowed.cdn.test", "443", "http:other.cdn.test"],
+    );
+    assert!(
+        reply(&http_other).starts_with("HTTP/1.1 403"),
+        "{http_other}"
+    );
+    let line = logged(&lab, client, |l| {
+        l["host"] == "other.cdn.test" && l["status"] == 403
+    });
+    assert_eq!(line["action"], "deny", "{line}");
 
     // Once TTL (1 s) and grace (2 s) ran out, the shared address is refused to a name the
     // app still holds; resolving the allowed name again lets it through again.
