@@ -102,15 +102,21 @@ fn micros(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
+/// A UDP socket to the DNS Service (called inside a pod's namespace).
+fn dns_socket() -> UdpSocket {
+    let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
+    socket.connect(DNS_SERVICE).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    socket
+}
+
 /// RTTs of `QUERIES` sequential queries from inside `ns`.
 fn query_rtts(lab: &Lab, pod: &str) -> Vec<Duration> {
     let ns = lab.netns(pod).unwrap();
     ns.run(|| {
-        let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
-        socket.connect(DNS_SERVICE).unwrap();
-        socket
-            .set_read_timeout(Some(Duration::from_secs(2)))
-            .unwrap();
+        let socket = dns_socket();
         let mut buf = [0u8; 4096];
         let mut rtts = Vec::with_capacity(QUERIES);
         for i in 0..QUERIES + 100 {
@@ -138,11 +144,7 @@ fn query_rtts(lab: &Lab, pod: &str) -> Vec<Duration> {
 fn first_connections(lab: &Lab, pod: &str) -> Vec<Duration> {
     let ns = lab.netns(pod).unwrap();
     ns.run(|| {
-        let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
-        socket.connect(DNS_SERVICE).unwrap();
-        socket
-            .set_read_timeout(Some(Duration::from_secs(2)))
-            .unwrap();
+        let socket = dns_socket();
         let mut buf = [0u8; 4096];
         let mut out = Vec::with_capacity(CONNECTIONS);
         for i in 0..CONNECTIONS {

@@ -341,9 +341,7 @@ async fn admit(judge: &Judge, flow: &FlowInfo, q: &Question) -> Admission {
                 verdict.action,
                 verdict.reason.to_string(),
                 format!(
-                    "DNS query for {} ({}): {}; let through in audit mode",
-                    fqdn::display(&q.name),
-                    q.qtype,
+                    ": {}; let through in audit mode",
                     verdict.describe(policy, &f)
                 ),
                 snapshot.version,
@@ -362,10 +360,8 @@ async fn admit(judge: &Judge, flow: &FlowInfo, q: &Question) -> Admission {
             Action::Deny,
             verdict.reason.to_string(),
             format!(
-                "DNS query for {} ({}) to {}: {}; without an egress rule allowing UDP and TCP \
+                " to {}: {}; without an egress rule allowing UDP and TCP \
                  53 to its DNS server the pod cannot resolve names",
-                fqdn::display(&q.name),
-                q.qtype,
                 flow.dst,
                 verdict.describe(policy, &f)
             ),
@@ -387,10 +383,8 @@ async fn admit(judge: &Judge, flow: &FlowInfo, q: &Question) -> Admission {
         Action::Deny,
         verdict.reason.to_string(),
         format!(
-            "DNS query for {} ({}): no DNS rule of the rules allowing {} allows the name \
+            ": no DNS rule of the rules allowing {} allows the name \
              (they allow {}); answered {code:?}",
-            fqdn::display(&q.name),
-            q.qtype,
             flow.dst,
             dns_rules(policy, &f).join(", ")
         ),
@@ -416,7 +410,11 @@ fn write(
         Line {
             action,
             reason,
-            detail,
+            detail: format!(
+                "DNS query for {} ({}){detail}",
+                fqdn::display(&q.name),
+                q.qtype
+            ),
             policy_version: Some(version),
             event: None,
             fqdn: None,
@@ -461,9 +459,7 @@ fn learn(
         action,
         verdict.reason.to_string(),
         format!(
-            "DNS query for {} ({}) forwarded to {}{}, {learned} addresses learned; {}",
-            fqdn::display(&q.name),
-            q.qtype,
+            " forwarded to {}{}, {learned} addresses learned; {}",
             flow.dst,
             if answer.truncated {
                 ", answer truncated"
