@@ -358,7 +358,6 @@ impl Cluster {
                 .namespace(&pod.namespace)
                 .is_some_and(|n| audit(&n.annotations))
     }
-
 }
 
 impl Service {

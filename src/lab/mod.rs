@@ -294,9 +294,11 @@ impl Lab {
 
         let hosts = labhost::read_paths(std::slice::from_ref(&manifests))?;
         for h in &hosts {
-            if let Some(ip) = h.addresses.iter().find(|ip| {
-                node_ips.contains(ip) || cluster.pods.iter().any(|p| p.ips.contains(ip))
-            }) {
+            if let Some(ip) = h
+                .addresses
+                .iter()
+                .find(|ip| node_ips.contains(ip) || cluster.pods.iter().any(|p| p.ips.contains(ip)))
+            {
                 bail!("LabHost {}: address {ip} is the node's or a pod's", h.name);
             }
         }

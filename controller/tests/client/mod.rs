@@ -38,5 +38,6 @@ pub fn config(
         connect_timeout: Duration::from_secs(1),
         http: HttpLimits::default(),
         opaque_ports: Vec::new(),
+        dns: Default::default(),
     }
 }
