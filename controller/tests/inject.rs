@@ -382,6 +382,9 @@ fn annotations_become_init_and_proxy_options() {
             "palisade.dev/fail-mode": "open",
             "palisade.dev/opaque-ports": "3306",
             "palisade.dev/allow-icmp": "true",
+            "palisade.dev/dns-grace": "30s",
+            "palisade.dev/dns-refuse-with": "refused",
+            "palisade.dev/require-sni": "true",
         }),
         json!({}),
     );
@@ -406,18 +409,26 @@ fn annotations_become_init_and_proxy_options() {
     assert_eq!(value(&proxy, "PALISADE_FAIL_MODE"), Some("open"));
     assert_eq!(value(&proxy, "PALISADE_OPAQUE_PORTS"), Some("3306"));
     assert!(value(&proxy, "PALISADE_LOG_ALLOWED").is_none());
+    assert_eq!(value(&proxy, "PALISADE_DNS_GRACE"), Some("30s"));
+    assert_eq!(value(&proxy, "PALISADE_DNS_REFUSE_WITH"), Some("refused"));
+    // requireSNI's default is compiled into the pod's policy by the controller, which
+    // reads the annotation live: no option of the proxy.
+    assert!(!proxy.keys().any(|k| k.contains("SNI")), "{proxy:?}");
 
     // The installation's fail mode applies when the pod says nothing.
     let mut open = options(SidecarKind::Native);
     open.fail_mode = palisade_controller::inject::FailMode::Open;
     open.hold = Some("2s".into());
     open.log_allowed = true;
+    open.dns_grace = Some("5s".into());
     let out = inject(&pod(json!({}), json!({})), Some(&injected_ns()), &open);
     let inits = out.spec.unwrap().init_containers.unwrap();
     let proxy = env(container(&inits, "palisade-proxy"));
     assert_eq!(value(&proxy, "PALISADE_FAIL_MODE"), Some("open"));
     assert_eq!(value(&proxy, "PALISADE_HOLD"), Some("2s"));
     assert_eq!(value(&proxy, "PALISADE_LOG_ALLOWED"), Some("true"));
+    assert_eq!(value(&proxy, "PALISADE_DNS_GRACE"), Some("5s"));
+    assert!(value(&proxy, "PALISADE_DNS_REFUSE_WITH").is_none());
 }
 
 #[test]
@@ -447,6 +458,21 @@ fn a_bad_annotation_is_refused_with_its_fix() {
             "palisade.dev/allow-icmp",
             "yes",
             "\"yes\" is not \"true\" or \"false\"",
+        ),
+        (
+            "palisade.dev/require-sni",
+            "yes",
+            "\"yes\" is not \"true\" or \"false\"",
+        ),
+        (
+            "palisade.dev/dns-grace",
+            "30 parsecs",
+            "\"30 parsecs\" is not a duration",
+        ),
+        (
+            "palisade.dev/dns-refuse-with",
+            "servfail",
+            "\"servfail\" is not an answer; use \"nxdomain\" or \"refused\"",
         ),
         (
             "palisade.dev/mode",

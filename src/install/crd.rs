@@ -189,6 +189,10 @@ fn rule(ingress: bool) -> Value {
                 fqdn("A DNS name or pattern."),
             ),
         ));
+        props.push((
+            "requireSNI",
+            json!({"type": "boolean", "description": "Connections allowed through toFQDNs names must carry an allowed name resolved to their address in the TLS server name (or HTTP Host); default: the annotation palisade.dev/require-sni on the pod or its namespace."}),
+        ));
     }
     props.extend(refused_keys.iter().map(|k| (*k, refused(k))));
     object(

@@ -22,6 +22,14 @@ pub const OPAQUE_PORTS: &str = "palisade.dev/opaque-ports";
 pub const ALLOW_ICMP: &str = "palisade.dev/allow-icmp";
 /// What the proxy does with new flows when no policy arrived in time.
 pub const FAIL_MODE: &str = "palisade.dev/fail-mode";
+/// `"true"` on a pod or namespace: its `toFQDNs` rules require the allowed name in the TLS
+/// server name or HTTP `Host` (the controller compiles it into the pod's policy; the
+/// webhook only checks it).
+pub const REQUIRE_SNI: &str = palisade_policy::cluster::REQUIRE_SNI_ANNOTATION;
+/// How long the proxy keeps DNS records usable after their TTL ran out.
+pub const DNS_GRACE: &str = "palisade.dev/dns-grace";
+/// How the proxy answers a query DNS rules refuse: `nxdomain` or `refused`.
+pub const DNS_REFUSE_WITH: &str = "palisade.dev/dns-refuse-with";
 /// Set by the injector on every pod it injected, with the image it used.
 pub const INJECTED: &str = "palisade.dev/injected";
 
@@ -82,6 +90,10 @@ pub struct PodSettings {
     pub allow_icmp: bool,
     /// `palisade.dev/fail-mode`, when the pod sets it.
     pub fail_mode: Option<FailMode>,
+    /// `palisade.dev/dns-grace`, as written.
+    pub dns_grace: Option<String>,
+    /// `palisade.dev/dns-refuse-with`, as written.
+    pub dns_refuse_with: Option<String>,
     /// The pod's resolvers, when its DNS settings name them (`dnsPolicy: None`): otherwise
     /// the kubelet writes them into every container's /etc/resolv.conf, which init and the
     /// proxy read.
@@ -194,14 +206,43 @@ pub fn read(pod: &Pod, ns: Option<&Namespace>) -> Result<PodSettings, Vec<String
     let skip_outbound_ports = checked(SKIP_OUTBOUND_PORTS, ports);
     let skip_outbound_cidrs = checked(SKIP_OUTBOUND_CIDRS, cidrs);
     let opaque_ports = checked(OPAQUE_PORTS, ports);
-    let allow_icmp = match pod_annotation(pod, ALLOW_ICMP) {
-        None | Some("false") => false,
-        Some("true") => true,
+    let allow_icmp = match pod_annotation(pod, ALLOW_ICMP).map(|v| boolean(ALLOW_ICMP, v, "")) {
+        None => false,
+        Some(Ok(b)) => b,
+        Some(Err(e)) => {
+            errors.push(e);
+            false
+        }
+    };
+    // Read by the controller, from the pod or else its namespace: checked here so that a
+    // typo is not silently `false`.
+    for (value, whose) in [
+        (namespace_annotation(ns, REQUIRE_SNI), "the namespace's "),
+        (pod_annotation(pod, REQUIRE_SNI), ""),
+    ] {
+        if let Some(Err(e)) = value.map(|v| boolean(REQUIRE_SNI, v, whose)) {
+            errors.push(e);
+        }
+    }
+    let dns_grace = pod_annotation(pod, DNS_GRACE).and_then(|v| {
+        match humantime::parse_duration(v.trim()) {
+            Ok(_) => Some(v.trim().to_owned()),
+            Err(e) => {
+                errors.push(format!(
+                    "annotation {DNS_GRACE}: {v:?} is not a duration ({e}); write e.g. \"30s\" or \"2m\""
+                ));
+                None
+            }
+        }
+    });
+    let dns_refuse_with = match pod_annotation(pod, DNS_REFUSE_WITH) {
+        None => None,
+        Some(v @ ("nxdomain" | "refused")) => Some(v.to_owned()),
         Some(other) => {
             errors.push(format!(
-                "annotation {ALLOW_ICMP}: {other:?} is not \"true\" or \"false\""
+                "annotation {DNS_REFUSE_WITH}: {other:?} is not an answer; use \"nxdomain\" or \"refused\""
             ));
-            false
+            None
         }
     };
     let fail_mode = match pod_annotation(pod, FAIL_MODE) {
@@ -234,6 +275,20 @@ pub fn read(pod: &Pod, ns: Option<&Namespace>) -> Result<PodSettings, Vec<String
         opaque_ports,
         allow_icmp,
         fail_mode,
+        dns_grace,
+        dns_refuse_with,
         nameservers,
     })
+}
+
+/// A `"true"` or `"false"` annotation's value; the error names it (`whose`: empty, or
+/// `"the namespace's "`).
+fn boolean(key: &str, value: &str, whose: &str) -> Result<bool, String> {
+    match value {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        other => Err(format!(
+            "{whose}annotation {key}: {other:?} is not \"true\" or \"false\""
+        )),
+    }
 }

@@ -134,8 +134,11 @@ pub const OPTIONS: &[Opt] = &[
     setting(Part::Proxy, "PALISADE_LOG_ALLOWED", |_, o| {
         o.log_allowed.then(|| "true".into())
     }),
-    setting(Part::Proxy, "PALISADE_DNS_GRACE", |_, o| {
-        o.dns_grace.clone()
+    setting(Part::Proxy, "PALISADE_DNS_GRACE", |s, o| {
+        s.dns_grace.clone().or_else(|| o.dns_grace.clone())
+    }),
+    setting(Part::Proxy, "PALISADE_DNS_REFUSE_WITH", |s, _| {
+        s.dns_refuse_with.clone()
     }),
     // The stream's CA, inline (a Secret of the controller's namespace cannot be mounted
     // in other namespaces), and the projected token the proxy proves its pod with.
