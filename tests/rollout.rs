@@ -28,6 +28,7 @@ fn lab() -> Lab {
         binary: PathBuf::from(BINARY),
         hold: Duration::from_secs(2),
         log_allowed: false,
+        dns_grace: Duration::from_secs(60),
     })
     .expect("building the lab (needs root)")
 }
