@@ -144,6 +144,13 @@ impl Config {
             || port == self.dns_port
             || port == self.admin.port()
     }
+
+    /// Whether `dst` is one of the proxy's own listeners in this pod (loopback or one of
+    /// the pod's addresses): what a connection that was not redirected reports as its
+    /// original destination.
+    pub fn is_own_listener(&self, dst: SocketAddr) -> bool {
+        self.is_own_port(dst.port()) && (dst.ip().is_loopback() || self.pod_ips.contains(&dst.ip()))
+    }
 }
 
 /// The nameservers of a resolv.conf text.

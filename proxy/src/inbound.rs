@@ -21,7 +21,7 @@ pub async fn serve(listener: TcpListener, judge: Judge) {
 async fn handle(judge: Judge, client: TcpStream, src: SocketAddr) {
     // A connection that was not redirected was aimed at the listener itself: its own
     // address is where it was going (and is refused below, as the proxy's own port).
-    let Ok(dst) = original_dst(&client).or_else(|_| client.local_addr()) else {
+    let Ok(dst) = original_dst(&client, src).or_else(|_| client.local_addr()) else {
         reset_on_close(&client);
         return;
     };

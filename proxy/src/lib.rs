@@ -96,6 +96,8 @@ fn tcp_listener(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Lis
     }
     .map_err(err)?;
     socket.set_reuseaddr(true).map_err(err)?;
+    // Accepted connections inherit it: no system call per connection to set it.
+    socket.set_nodelay(true).map_err(err)?;
     if addr.is_ipv6() {
         socket2::SockRef::from(&socket)
             .set_only_v6(true)
@@ -209,4 +211,23 @@ pub async fn run(config: Config) -> Result<(), ListenError> {
     tokio::spawn(reporter.run(config.clone(), link.clone()));
     client::run_linked(config, state, link).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Connections a listener accepts carry TCP_NODELAY without setting it on each.
+    #[tokio::test]
+    async fn accepted_connections_inherit_nodelay() {
+        let listener = tcp_listener("test", (Ipv4Addr::LOCALHOST, 0).into()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        assert!(accepted.nodelay().unwrap());
+        assert!(
+            !client.nodelay().unwrap(),
+            "the positive control: a fresh socket has none"
+        );
+    }
 }

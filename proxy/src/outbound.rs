@@ -18,8 +18,8 @@ pub async fn serve(listener: TcpListener, judge: Judge) {
 }
 
 async fn handle(judge: Judge, client: TcpStream, src: SocketAddr) {
-    let asked = match original_dst(&client) {
-        Ok(dst) if !(judge.config().is_own_port(dst.port()) && is_self(&judge, dst)) => dst,
+    let asked = match original_dst(&client, src) {
+        Ok(dst) if !judge.config().is_own_listener(dst) => dst,
         _ => {
             reset_on_close(&client);
             return;
@@ -31,9 +31,4 @@ async fn handle(judge: Judge, client: TcpStream, src: SocketAddr) {
         return;
     };
     tcp::forward(&judge, flow, client).await
-}
-
-/// Whether `dst` is this pod itself (loopback or one of its addresses).
-fn is_self(judge: &Judge, dst: SocketAddr) -> bool {
-    dst.ip().is_loopback() || judge.config().pod_ips.contains(&dst.ip())
 }

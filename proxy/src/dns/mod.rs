@@ -190,7 +190,10 @@ async fn write_frame(stream: &mut TcpStream, message: &[u8]) -> io::Result<()> {
 }
 
 async fn answer_tcp(judge: &Judge, mut client: TcpStream, src: SocketAddr) -> io::Result<()> {
-    let Ok(asked) = original_dst(&client) else {
+    let Some(asked) = original_dst(&client, src)
+        .ok()
+        .filter(|&dst| !judge.config().is_own_listener(dst))
+    else {
         reset_on_close(&client);
         return Ok(());
     };
