@@ -10,12 +10,10 @@ use std::process::ExitCode;
 use anyhow::Context;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams};
+use kube::api::ListParams;
 use palisade_controller::heartbeat::{LEASE_LABEL, PODS_ANNOTATION, STREAMS_ANNOTATION};
 use palisade_controller::inject::annotations::{INJECT, MODE};
 use palisade_controller::inject::containers::PROXY_NAME;
-use palisade_policy::document::Node;
-use palisade_policy::manifest::{read_object, Object, Read};
 use palisade_policy::policy::Policy;
 use serde::Serialize;
 
@@ -79,62 +77,6 @@ fn running(pod: &Pod) -> bool {
     let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
     let host = pod.spec.as_ref().and_then(|s| s.host_network) == Some(true);
     !host && matches!(phase, Some("Running") | Some("Pending"))
-}
-
-/// The policies of a list, read as palisade reads them (invalid ones are not enforced,
-/// so they select nothing).
-fn policies(items: &[DynamicObject], api_version: &str, kind: &str) -> Vec<Policy> {
-    items
-        .iter()
-        .filter_map(|o| {
-            let mut json = serde_json::to_value(o).ok()?;
-            json["apiVersion"] = api_version.into();
-            json["kind"] = kind.into();
-            match read_object(&Node::from_json(&json)) {
-                Read::Object {
-                    object: Object::Policies(p),
-                    ..
-                } => Some(p),
-                _ => None,
-            }
-        })
-        .flatten()
-        .collect()
-}
-
-async fn list_policies(client: &kube::Client) -> anyhow::Result<Vec<Policy>> {
-    let mut out = Vec::new();
-    for (group, version, kind, plural) in [
-        (
-            "networking.k8s.io",
-            "v1",
-            "NetworkPolicy",
-            "networkpolicies",
-        ),
-        (
-            "palisade.dev",
-            "v1alpha1",
-            "PalisadePolicy",
-            "palisadepolicies",
-        ),
-        (
-            "cilium.io",
-            "v2",
-            "CiliumNetworkPolicy",
-            "ciliumnetworkpolicies",
-        ),
-    ] {
-        let resource =
-            ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural);
-        let api: kube::Api<DynamicObject> = kube::Api::all_with(client.clone(), &resource);
-        match api.list(&ListParams::default()).await {
-            Ok(list) => out.extend(policies(&list.items, &resource.api_version, kind)),
-            // A CRD that is not installed has no policies.
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => return Err(e).with_context(|| format!("listing {plural}")),
-        }
-    }
-    Ok(out)
 }
 
 fn namespace_status(ns: &Namespace, pods: &[&Pod], policies: &[Policy]) -> NamespaceStatus {
@@ -233,7 +175,8 @@ async fn gather(args: &Args) -> anyhow::Result<Status> {
         .list(&ListParams::default())
         .await
         .context("listing pods")?;
-    let policies = list_policies(&client).await?;
+    // Invalid policies are not enforced, so they select nothing: only the valid ones count.
+    let (policies, _) = palisade_controller::kubernetes::load_policies(&client).await?;
     let leases = replica_leases(client, &args.namespace).await?;
 
     let mut by_namespace: BTreeMap<String, Vec<&Pod>> = BTreeMap::new();

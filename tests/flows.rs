@@ -87,18 +87,7 @@ async fn flows_merges_every_live_replica_through_port_forwards() {
         api.forward(NAMESPACE, pod, 9091, served);
     }
     let dir = std::env::temp_dir().join(format!("palisade-flows-kube-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let kubeconfig = dir.join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters: [{{name: fake, cluster: {{server: \"http://{}\"}}}}]\n\
-             users: [{{name: u, user: {{token: t}}}}]\n\
-             contexts: [{{name: fake, context: {{cluster: fake, user: u}}}}]\ncurrent-context: fake\n",
-            api.addr
-        ),
-    )
-    .unwrap();
+    let kubeconfig = api.kubeconfig(&dir);
 
     let (code, out, err) = palisade(&kubeconfig, &["flows", "-o", "json"]).await;
     assert_eq!(code, 0, "{err}");

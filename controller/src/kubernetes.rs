@@ -20,13 +20,16 @@ use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, ApiResource, DynamicObject};
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams};
 use kube::runtime::watcher::{self, watcher, Event as Watched};
 use kube::runtime::WatchStreamExt;
 use kube::{Resource, ResourceExt};
+use palisade_policy::cluster::Cluster;
 use palisade_policy::document::Node;
-use palisade_policy::manifest::{read_object, ObjectKey, ObjectKind, Read};
-use palisade_policy::policy::PolicyKind;
+use palisade_policy::manifest::{
+    read_object, Entry, FieldError, Notice, Object, ObjectKey, ObjectKind, Read, Report,
+};
+use palisade_policy::policy::{Policy, PolicyKind};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::sync::oneshot;
@@ -89,18 +92,29 @@ pub async fn set_namespace_mode(
         .cloned())
 }
 
+/// A custom resource palisade reads when its CRD exists.
+struct CustomKind {
+    kind: PolicyKind,
+    group: &'static str,
+    /// The version [`load_cluster`] lists (the watchers read the CRD's storage version).
+    version: &'static str,
+    plural: &'static str,
+}
+
 /// The custom resources palisade reads, when their CRDs exist.
-const CUSTOM: [(PolicyKind, &str, &str); 2] = [
-    (
-        PolicyKind::PalisadePolicy,
-        "palisade.dev",
-        "palisadepolicies",
-    ),
-    (
-        PolicyKind::CiliumNetworkPolicy,
-        "cilium.io",
-        "ciliumnetworkpolicies",
-    ),
+const CUSTOM: [CustomKind; 2] = [
+    CustomKind {
+        kind: PolicyKind::PalisadePolicy,
+        group: "palisade.dev",
+        version: "v1alpha1",
+        plural: "palisadepolicies",
+    },
+    CustomKind {
+        kind: PolicyKind::CiliumNetworkPolicy,
+        group: "cilium.io",
+        version: "v2",
+        plural: "ciliumnetworkpolicies",
+    },
 ];
 
 /// Counts the watchers whose first list is not complete; the source is synced at zero.
@@ -163,12 +177,12 @@ pub async fn watch(client: kube::Client, events: Events, uids: Arc<PodUids>) {
             std::future::pending(),
         )),
     ];
-    for (kind, group, plural) in CUSTOM {
+    for c in CUSTOM {
         let custom = Custom {
             client: client.clone(),
-            kind,
-            crd: format!("{plural}.{group}"),
-            watcher: core(ObjectKind::Policy(kind)),
+            kind: c.kind,
+            crd: format!("{}.{}", c.plural, c.group),
+            watcher: core(ObjectKind::Policy(c.kind)),
         };
         tasks.push(tokio::spawn(custom.run()));
     }
@@ -287,65 +301,58 @@ impl Watcher {
         {
             return;
         }
-        // A pod that ran to completion has given its address back.
-        if let Ok(mut json) = serde_json::to_value(object) {
-            if let (Some((api_version, kind)), Some(map)) = (&self.types, json.as_object_mut()) {
-                map.insert("apiVersion".into(), api_version.clone().into());
-                map.insert("kind".into(), kind.clone().into());
+        let Some(read) = read_api_object(object, self.types.as_ref()) else {
+            // A pod that ran to completion has given its address back.
+            self.remove(known, key).await;
+            return;
+        };
+        if let Some(uids) = &self.uids {
+            uids.set(&pod_key(&key), meta.uid.clone());
+        }
+        let was_valid = known.get(&key).is_none_or(|k| k.valid);
+        match read {
+            Read::Object { object, .. } => {
+                if !was_valid {
+                    ::metrics::gauge!(metrics::INVALID).decrement(1.0);
+                }
+                known.insert(
+                    key,
+                    Known {
+                        resource_version: rv,
+                        valid: true,
+                    },
+                );
+                let _ = self.events.send(Event::Apply(object)).await;
             }
-            let phase = json.pointer("/status/phase").and_then(|p| p.as_str());
-            if matches!(phase, Some("Succeeded" | "Failed")) {
-                self.remove(known, key).await;
-                return;
-            }
-            if let Some(uids) = &self.uids {
-                uids.set(&pod_key(&key), meta.uid.clone());
-            }
-            let was_valid = known.get(&key).is_none_or(|k| k.valid);
-            match read_object(&Node::from_json(&json)) {
-                Read::Object { object, .. } => {
-                    if !was_valid {
-                        ::metrics::gauge!(metrics::INVALID).decrement(1.0);
-                    }
-                    known.insert(
-                        key,
-                        Known {
-                            resource_version: rv,
-                            valid: true,
+            Read::Invalid { what, errors } => {
+                let keeping = if known.contains_key(&key) {
+                    "; its last valid version stays in force"
+                } else {
+                    "; it is left out"
+                };
+                for e in &errors {
+                    tracing::warn!(
+                        "{what} (resourceVersion {}): {}{}{keeping}",
+                        rv.as_deref().unwrap_or("?"),
+                        if e.path.is_empty() {
+                            String::new()
+                        } else {
+                            format!("{}: ", e.path)
                         },
+                        e.message
                     );
-                    let _ = self.events.send(Event::Apply(object)).await;
                 }
-                Read::Invalid { what, errors } => {
-                    let keeping = if known.contains_key(&key) {
-                        "; its last valid version stays in force"
-                    } else {
-                        "; it is left out"
-                    };
-                    for e in &errors {
-                        tracing::warn!(
-                            "{what} (resourceVersion {}): {}{}{keeping}",
-                            rv.as_deref().unwrap_or("?"),
-                            if e.path.is_empty() {
-                                String::new()
-                            } else {
-                                format!("{}: ", e.path)
-                            },
-                            e.message
-                        );
-                    }
-                    if was_valid {
-                        ::metrics::gauge!(metrics::INVALID).increment(1.0);
-                    }
-                    let entry = known.entry(key).or_insert(Known {
-                        resource_version: None,
-                        valid: false,
-                    });
-                    entry.resource_version = rv;
-                    entry.valid = false;
+                if was_valid {
+                    ::metrics::gauge!(metrics::INVALID).increment(1.0);
                 }
-                Read::Skipped { .. } | Read::Syntax(_) => {}
+                let entry = known.entry(key).or_insert(Known {
+                    resource_version: None,
+                    valid: false,
+                });
+                entry.resource_version = rv;
+                entry.valid = false;
             }
+            Read::Skipped { .. } | Read::Syntax(_) => {}
         }
     }
 
@@ -385,6 +392,186 @@ fn watch_error(kind: &'static str, e: &watcher::Error) {
         ),
         _ => tracing::warn!(kind, error = %e, "watch failed; retrying with backoff"),
     }
+}
+
+/// An API object read by the same code as a manifest; `None` for a pod that ran to
+/// completion (`Succeeded`, `Failed`), which is left out: its address may already be another
+/// pod's. `types` are a custom resource's `apiVersion` and `kind`, which a dynamic object
+/// listed or watched does not carry.
+fn read_api_object<K: Serialize>(object: &K, types: Option<&(String, String)>) -> Option<Read> {
+    let mut json = match serde_json::to_value(object) {
+        Ok(json) => json,
+        Err(e) => {
+            return Some(Read::Invalid {
+                what: "an API object".into(),
+                errors: vec![FieldError {
+                    line: 0,
+                    path: String::new(),
+                    message: format!("cannot be read as JSON: {e}"),
+                }],
+            })
+        }
+    };
+    if let (Some((api_version, kind)), Some(map)) = (types, json.as_object_mut()) {
+        map.insert("apiVersion".into(), api_version.clone().into());
+        map.insert("kind".into(), kind.clone().into());
+    }
+    let phase = json.pointer("/status/phase").and_then(|p| p.as_str());
+    if matches!(phase, Some("Succeeded" | "Failed")) {
+        return None;
+    }
+    Some(read_object(&Node::from_json(&json)))
+}
+
+/// Why the cluster could not be read from the API.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot list {resource} through the Kubernetes API: {why}{hint}")]
+pub struct LoadError {
+    resource: &'static str,
+    why: String,
+    hint: &'static str,
+}
+
+impl LoadError {
+    fn new(resource: &'static str, e: kube::Error) -> Self {
+        let (why, hint) = match e {
+            kube::Error::Api(s) => {
+                let hint = match s.code {
+                    401 | 403 => {
+                        "; reading the cluster takes list on namespaces, pods, services, \
+                         endpointslices, networkpolicies, palisadepolicies and \
+                         ciliumnetworkpolicies"
+                    }
+                    _ => "",
+                };
+                (format!("{} ({})", s.message, s.code), hint)
+            }
+            e => (e.to_string(), ""),
+        };
+        LoadError {
+            resource,
+            why,
+            hint,
+        }
+    }
+}
+
+/// What the lists gave so far.
+#[derive(Default)]
+struct Loading {
+    objects: Vec<Object>,
+    report: Report,
+}
+
+impl Loading {
+    /// Lists every object of one kind and reads each; a 404 (a kind the API server does not
+    /// serve) is returned as is.
+    async fn list<K>(
+        &mut self,
+        api: Api<K>,
+        types: Option<&(String, String)>,
+    ) -> Result<(), kube::Error>
+    where
+        K: Resource + Clone + DeserializeOwned + Serialize + Debug,
+    {
+        for item in api.list(&ListParams::default()).await? {
+            let Some(read) = read_api_object(&item, types) else {
+                continue;
+            };
+            // Objects from the API have no file: messages name the object and field only.
+            let entry = Entry { line: 0, read };
+            self.report.record("", &entry);
+            if let Read::Object { object, .. } = entry.read {
+                self.objects.push(object);
+            }
+        }
+        Ok(())
+    }
+
+    /// Lists the NetworkPolicies, and the PalisadePolicies and CiliumNetworkPolicies when
+    /// their API exists (a notice says which kind was not there).
+    async fn policies(&mut self, client: &kube::Client) -> Result<(), LoadError> {
+        self.list(Api::<NetworkPolicy>::all(client.clone()), None)
+            .await
+            .map_err(|e| LoadError::new("networkpolicies", e))?;
+        for c in CUSTOM {
+            let resource = ApiResource::from_gvk_with_plural(
+                &GroupVersionKind::gvk(c.group, c.version, c.kind.as_str()),
+                c.plural,
+            );
+            let types = (resource.api_version.clone(), resource.kind.clone());
+            let api = Api::<DynamicObject>::all_with(client.clone(), &resource);
+            match self.list(api, Some(&types)).await {
+                Ok(()) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => self.report.notices.push(Notice {
+                    file: String::new(),
+                    line: 0,
+                    message: format!(
+                        "skipped {}: the API server does not serve {}/{} (is the \
+                         CustomResourceDefinition {}.{} installed?)",
+                        c.kind.as_str(),
+                        types.0,
+                        c.plural,
+                        c.plural,
+                        c.group
+                    ),
+                }),
+                Err(e) => return Err(LoadError::new(c.plural, e)),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Every policy of the cluster (NetworkPolicies, and PalisadePolicies and
+/// CiliumNetworkPolicies where their API exists), read once as [`load_cluster`] reads them,
+/// with the objects left out and the kinds skipped.
+pub async fn load_policies(client: &kube::Client) -> Result<(Vec<Policy>, Report), LoadError> {
+    let mut loading = Loading::default();
+    loading.policies(client).await?;
+    let policies = loading
+        .objects
+        .into_iter()
+        .flat_map(|o| match o {
+            Object::Policies(p) => p,
+            _ => Vec::new(),
+        })
+        .collect();
+    Ok((policies, loading.report))
+}
+
+/// The cluster as the API server holds it now, read once, as the watchers read it on their
+/// first list and as `palisade simulate` reads manifests: every Namespace, Pod (those that
+/// ran to completion left out), Service, EndpointSlice and NetworkPolicy, and the
+/// PalisadePolicies and CiliumNetworkPolicies when the API server serves them (a notice
+/// says which kind was skipped). An invalid object is left out and reported as
+/// `Kind namespace/name: field: what is wrong`; pods the scheduler has not yet given an
+/// address keep none.
+pub async fn load_cluster(client: &kube::Client) -> Result<(Cluster, Report), LoadError> {
+    let mut loading = Loading::default();
+    loading
+        .list(Api::<Namespace>::all(client.clone()), None)
+        .await
+        .map_err(|e| LoadError::new("namespaces", e))?;
+    loading
+        .list(Api::<Pod>::all(client.clone()), None)
+        .await
+        .map_err(|e| LoadError::new("pods", e))?;
+    loading
+        .list(Api::<Service>::all(client.clone()), None)
+        .await
+        .map_err(|e| LoadError::new("services", e))?;
+    loading
+        .list(Api::<EndpointSlice>::all(client.clone()), None)
+        .await
+        .map_err(|e| LoadError::new("endpointslices", e))?;
+    loading.policies(client).await?;
+    let mut cluster = Cluster::default();
+    for object in loading.objects {
+        cluster.add(object);
+    }
+    cluster.finish();
+    Ok((cluster, loading.report))
 }
 
 fn pod_key(key: &ObjectKey) -> String {

@@ -885,3 +885,108 @@ async fn rollout_sets_a_namespace_mode_with_a_merge_patch_through_the_api() {
         "nothing patched for an unknown namespace"
     );
 }
+
+/// The same objects through the API and in a manifest file give the same cluster: every
+/// flow judged alike, the same invalid object reported (by kind, namespace, name and field,
+/// with no file), a completed pod left out, and a CRD kind the API does not serve skipped
+/// with a notice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_cluster_reads_the_api_as_a_folder_of_the_same_manifests() {
+    let api = FakeApi::start().await;
+    let service = json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "web", "namespace": "shop"},
+        "spec": {"clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"], "selector": {"app": "web"},
+                 "ports": [{"port": 8080, "targetPort": "http", "protocol": "TCP"}]}});
+    let slice = json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": "web-1", "namespace": "shop", "labels": {"kubernetes.io/service-name": "web"}},
+        "addressType": "IPv4", "endpoints": [{"addresses": ["10.0.1.2"]}],
+        "ports": [{"name": "", "port": 80, "protocol": "TCP"}]});
+    let invalid = json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "typo", "namespace": "shop"},
+        "spec": {"podSelector": {}, "ingress": [{"from": [{"ipBlock": {"cidr": "10.0.0.0/33"}}]}]}});
+    let palisade = json!({"apiVersion": "palisade.dev/v1alpha1", "kind": "PalisadePolicy",
+        "metadata": {"name": "db-from-web", "namespace": "data"},
+        "spec": {"endpointSelector": {"matchLabels": {"app": "db"}},
+                 "ingress": [{"fromEndpoints": [{"matchLabels": {"app": "web", "k8s:io.kubernetes.pod.namespace": "shop"}}],
+                              "toPorts": [{"ports": [{"port": "80", "protocol": "TCP"}]}]}]}});
+    let objects = vec![
+        namespace("shop", "red"),
+        namespace("data", "blue"),
+        pod("shop", "web-1", "web", "10.0.1.2"),
+        pod("shop", "api-1", "api", "10.0.1.3"),
+        pod("data", "db-0", "db", "10.0.2.2"),
+        service,
+        slice,
+        network_policy("shop", "web-from-api", "web", "api"),
+        invalid,
+        palisade,
+    ];
+    for o in &objects {
+        api.put(o.clone());
+    }
+    api.put(crd(
+        "palisade.dev",
+        "PalisadePolicy",
+        "palisadepolicies",
+        "v1alpha1",
+    ));
+    // A pod that ran to completion: its address may be another pod's already.
+    let mut done = pod("shop", "job-1", "job", "10.0.1.2");
+    done["status"]["phase"] = json!("Succeeded");
+    api.put(done);
+
+    let (cluster, report) = kubernetes::load_cluster(&api.client()).await.unwrap();
+    let dir = temp_dir("load-cluster");
+    let file = dir.join("cluster.json");
+    std::fs::write(
+        &file,
+        json!({"apiVersion": "v1", "kind": "List", "items": objects}).to_string(),
+    )
+    .unwrap();
+    let (folder, folder_report) = palisade_controller::folder::load(&[file]);
+
+    let pods: Vec<String> = cluster.pods.iter().map(|p| p.key()).collect();
+    assert_eq!(pods, ["data/db-0", "shop/api-1", "shop/web-1"]);
+    let policies: Vec<String> = cluster.policies.iter().map(|p| p.id.to_string()).collect();
+    assert_eq!(policies.len(), 2, "{policies:?}");
+    let judged = |c| serde_json::to_value(palisade_policy::simulate::simulate(c)).unwrap();
+    let flows = judged(&cluster);
+    assert!(flows["flows"].as_array().unwrap().len() > 4, "{flows:#}");
+    assert_eq!(flows, judged(&folder), "the API and the file judge alike");
+    assert!(
+        flows["flows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["from"] == "shop/web-1" && f["to"] == "data/db-0" && f["allowed"] == true),
+        "the PalisadePolicy is in force"
+    );
+
+    let errors: Vec<String> = report.errors.iter().map(|e| e.to_string()).collect();
+    let in_file: Vec<String> = folder_report
+        .errors
+        .iter()
+        .map(|e| {
+            format!(
+                "{}: {}: {}",
+                e.what.as_deref().unwrap_or(""),
+                e.path,
+                e.message
+            )
+        })
+        .collect();
+    assert_eq!(errors, in_file, "the same message, without a file and line");
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].starts_with("NetworkPolicy shop/typo: spec.ingress[0].from[0].ipBlock.cidr: "),
+        "{errors:?}"
+    );
+    let notices: Vec<String> = report.notices.iter().map(|n| n.to_string()).collect();
+    assert_eq!(notices.len(), 1, "{notices:?}");
+    assert!(
+        notices[0].starts_with("skipped CiliumNetworkPolicy: ")
+            && notices[0].contains("cilium.io/v2/ciliumnetworkpolicies"),
+        "{notices:?}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -17,6 +17,9 @@
 //!   unknown object is a 404 `NotFound` Status;
 //! - a namespaced list (`/apis/G/V/namespaces/NS/leases`) keeps that namespace's objects,
 //!   and `labelSelector=key` or `key=value` those whose labels match;
+//! - a list of a custom resource (a group not ending in `.k8s.io`) whose
+//!   CustomResourceDefinition (`plural.group`) is not stored answers 404 `NotFound`, as for
+//!   any resource the server does not serve;
 //! - `GET .../pods/NAME/portforward?ports=P` upgrades to a WebSocket with subprotocol
 //!   `v4.channel.k8s.io` (Kubernetes' "port forwarding" streaming protocol): channel 0
 //!   carries the port's data and channel 1 its errors, each message starting with its
@@ -166,6 +169,26 @@ impl FakeApi {
             }
         });
         api
+    }
+
+    /// Writes a kubeconfig for this server in `dir` (a token user, as a cluster's would
+    /// be) and returns its path, for the CLI's `KUBECONFIG`.
+    // Only the CLI's tests run the binary.
+    #[allow(dead_code)]
+    pub fn kubeconfig(&self, dir: &std::path::Path) -> std::path::PathBuf {
+        let path = dir.join("kubeconfig");
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(
+            &path,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters: [{{name: fake, cluster: {{server: \"http://{}\"}}}}]\n\
+                 users: [{{name: u, user: {{token: t}}}}]\n\
+                 contexts: [{{name: fake, context: {{cluster: fake, user: u}}}}]\ncurrent-context: fake\n",
+                self.addr
+            ),
+        )
+        .unwrap();
+        path
     }
 
     /// A kube client for this server.
@@ -343,6 +366,22 @@ impl FakeApi {
             })
         };
         let s = self.lock();
+        if let Some(crd) = custom_resource_definition(&path) {
+            let installed = s.objects.keys().any(|(c, _, n)| {
+                c == "/apis/apiextensions.k8s.io/v1/customresourcedefinitions" && *n == crd
+            });
+            if !installed {
+                // What an API server answers for a resource it does not serve.
+                return json_response(
+                    StatusCode::NOT_FOUND,
+                    &status(
+                        404,
+                        "NotFound",
+                        "the server could not find the requested resource",
+                    ),
+                );
+            }
+        }
         let items: Vec<Value> = s
             .objects
             .iter()
@@ -595,6 +634,14 @@ fn notify(s: &mut State, k: &(String, String, String), kind: &str, object: &Valu
         }
         w.tx.send(line.clone()).is_ok()
     });
+}
+
+/// The CustomResourceDefinition (`plural.group`) that serves a collection, `None` for the
+/// built-in groups (the core group and `*.k8s.io`).
+fn custom_resource_definition(collection: &str) -> Option<String> {
+    let mut parts = collection.strip_prefix("/apis/")?.split('/');
+    let (group, _version, plural) = (parts.next()?, parts.next()?, parts.next()?);
+    (!group.ends_with(".k8s.io")).then(|| format!("{plural}.{group}"))
 }
 
 fn kind_of(collection: &str) -> String {

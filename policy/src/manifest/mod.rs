@@ -156,9 +156,12 @@ pub struct ObjectError {
 }
 
 impl fmt::Display for ObjectError {
-    /// `file:line: Kind namespace/name: field: what is wrong`.
+    /// `file:line: Kind namespace/name: field: what is wrong` (without `file:line: ` for
+    /// an object that did not come from a file, e.g. from the Kubernetes API).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}: ", self.file, self.line)?;
+        if !self.file.is_empty() {
+            write!(f, "{}:{}: ", self.file, self.line)?;
+        }
         if let Some(what) = &self.what {
             write!(f, "{what}: ")?;
         }
@@ -181,7 +184,11 @@ pub struct Notice {
 }
 
 impl fmt::Display for Notice {
+    /// `file:line: what happened` (what happened alone when not about a file).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.file.is_empty() {
+            return f.write_str(&self.message);
+        }
         write!(f, "{}:{}: {}", self.file, self.line, self.message)
     }
 }
