@@ -1,5 +1,6 @@
-//! `palisade lint`: the policy crate's findings on a set of manifests, as text, JSON or
-//! SARIF, with an exit code by severity.
+//! `palisade lint`: the policy crate's findings on a set of manifests, or on the cluster
+//! read from the Kubernetes API (`--cluster`), as text, JSON or SARIF, with an exit code by
+//! severity.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -7,7 +8,7 @@ use std::process::ExitCode;
 
 use palisade_policy::lint::{lint, sarif, Check, Finding, Severity};
 
-use crate::load::load;
+use crate::load::{load, load_cluster};
 use crate::EXIT_BAD_INPUT;
 
 /// How to print the findings.
@@ -26,8 +27,12 @@ pub enum Output {
 #[derive(clap::Args)]
 pub struct Args {
     /// Manifest files or folders (YAML or JSON, read recursively).
-    #[arg(required = true)]
+    #[arg(required_unless_present = "cluster", conflicts_with = "cluster")]
     paths: Vec<PathBuf>,
+    /// Lint the cluster as the Kubernetes API holds it now (kubeconfig or in-cluster
+    /// ServiceAccount) instead of manifests: findings name the object and field.
+    #[arg(long)]
+    cluster: bool,
     /// Output format.
     #[arg(long, short, value_enum, default_value_t)]
     output: Output,
@@ -49,9 +54,11 @@ const EXIT_WARNINGS: u8 = 1;
 const EXIT_ERRORS: u8 = 3;
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    // The manifests are the only source today; `--cluster` will read the same `Cluster`
-    // from the Kubernetes API once the controller's Kubernetes source exists.
-    let loaded = load(&args.paths)?;
+    let loaded = if args.cluster {
+        load_cluster()?
+    } else {
+        load(&args.paths)?
+    };
     for n in &loaded.report.notices {
         eprintln!("{n}");
     }
@@ -86,8 +93,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             );
             if pods == 0 {
                 println!(
-                    "note: the manifests hold no pods, so the checks about the pods policies \
-                     select and reach had nothing to look at"
+                    "note: the {} no pods, so the checks about the pods policies select and \
+                     reach had nothing to look at",
+                    if args.cluster {
+                        "cluster has"
+                    } else {
+                        "manifests hold"
+                    }
                 );
             }
         }

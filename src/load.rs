@@ -1,4 +1,5 @@
-//! Reading manifest files and folders for the offline commands.
+//! Reading manifest files and folders for the offline commands, or the cluster itself
+//! from the Kubernetes API (`--cluster`).
 
 use std::path::PathBuf;
 
@@ -37,5 +38,20 @@ pub fn load(paths: &[PathBuf]) -> anyhow::Result<Loaded> {
         }
     }
     let (cluster, report) = palisade_controller::folder::load(paths);
+    Ok(Loaded { cluster, report })
+}
+
+/// Reads the cluster from the Kubernetes API once (the kubeconfig, or the pod's
+/// ServiceAccount, as the controller finds them), by the same code as manifests.
+pub fn load_cluster() -> anyhow::Result<Loaded> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (cluster, report) = runtime.block_on(async {
+        let client = palisade_controller::kubernetes::client().await?;
+        palisade_controller::kubernetes::load_cluster(&client)
+            .await
+            .map_err(anyhow::Error::from)
+    })?;
     Ok(Loaded { cluster, report })
 }

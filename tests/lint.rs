@@ -3,11 +3,17 @@
 //! follows the worst severity. One test per check on a minimal manifest lives beside each
 //! check in policy/src/lint/.
 
+#[path = "../controller/tests/fakeapi/mod.rs"]
+#[allow(dead_code)]
+mod fakeapi;
+
 use std::path::Path;
 use std::process::Command;
 
+use fakeapi::FakeApi;
+use palisade_policy::document::{parse_stream, Node, Value as Yaml};
 use palisade_policy::lint::Check;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 /// Runs `palisade lint` with `args`; gives the exit code and standard output.
 fn lint(args: &[&str]) -> (Option<i32>, String) {
@@ -298,4 +304,173 @@ fn every_check_is_documented() {
             c.severity()
         );
     }
+}
+
+/// A manifest's value as JSON, as `kubectl apply` would send it.
+fn to_json(node: &Node) -> Value {
+    match &node.value {
+        Yaml::Null => Value::Null,
+        Yaml::Bool(b) => json!(b),
+        Yaml::Int(i) => json!(i),
+        Yaml::Float(f) => json!(f),
+        Yaml::Str(s) => json!(s),
+        Yaml::Seq(items) => Value::Array(items.iter().map(to_json).collect()),
+        Yaml::Map(entries) => Value::Object(
+            entries
+                .iter()
+                .map(|(k, v)| (k.clone(), to_json(v)))
+                .collect(),
+        ),
+    }
+}
+
+/// Every object of the manifests under `folder`, as an API server holding them would.
+fn apply(api: &FakeApi, folder: &str) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(folder);
+    for file in palisade_controller::folder::manifest_files(&dir).unwrap() {
+        let text = std::fs::read_to_string(file).unwrap();
+        for doc in parse_stream(&text) {
+            if let Some(root) = doc.root.unwrap() {
+                api.put(to_json(&root));
+            }
+        }
+    }
+}
+
+/// Runs `palisade lint --cluster ARGS` against the test API server, as a user with a
+/// kubeconfig would; gives the exit code, standard output and standard error.
+async fn lint_cluster(api: &FakeApi, name: &str, args: &[&str]) -> (Option<i32>, String, String) {
+    let dir = std::env::temp_dir().join(format!("palisade-lint-{name}-{}", std::process::id()));
+    let kubeconfig = api.kubeconfig(&dir);
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_palisade"))
+            .args(["lint", "--cluster"])
+            .args(&args)
+            .env("KUBECONFIG", &kubeconfig)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+    (
+        out.status.code(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+/// `lint --cluster` reads the seed's objects from the API and finds what `lint` finds in
+/// its files, each naming the object and field instead of a file and line, in every format.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lint_cluster_finds_in_the_api_what_lint_finds_in_the_files() {
+    let api = FakeApi::start().await;
+    apply(&api, "examples/seed-zero-trust-patterns");
+
+    let (code, out, err) = lint_cluster(&api, "json", &["-o", "json"]).await;
+    assert_eq!(code, Some(3), "errors give 3, as with the files: {err}");
+    let from_api: Value = serde_json::from_str(&out).unwrap();
+    let from_api = from_api["findings"].as_array().unwrap().clone();
+    let mut from_files = findings("examples/seed-zero-trust-patterns");
+    for f in &mut from_files {
+        f["file"] = json!("");
+        f["line"] = json!(0);
+    }
+    let key = |f: &Value| f.to_string();
+    let (mut a, mut b) = (from_api.clone(), from_files);
+    a.sort_by_key(key);
+    b.sort_by_key(key);
+    assert!(!a.is_empty());
+    assert_eq!(a, b, "the same findings, without files and lines");
+    assert!(!err.contains(".yaml"), "the notices name no file: {err}");
+
+    let (code, out, _) = lint_cluster(&api, "text", &[]).await;
+    assert_eq!(code, Some(3));
+    assert!(
+        out.contains(
+            "\nwarning[or-not-and] NetworkPolicy production/allow-dns spec.egress[0].to[1]\n"
+        ) || out.starts_with("warning[or-not-and] NetworkPolicy production/allow-dns"),
+        "{out}"
+    );
+    assert!(!out.contains(".yaml"), "no file in the text: {out}");
+
+    let (code, out, _) = lint_cluster(&api, "sarif", &["-o", "sarif"]).await;
+    assert_eq!(code, Some(3));
+    let log: Value = serde_json::from_str(&out).unwrap();
+    let results = log["runs"][0]["results"].as_array().unwrap();
+    assert_eq!(results.len(), from_api.len());
+    for r in results {
+        let location = &r["locations"][0];
+        assert!(location["physicalLocation"].is_null(), "{location}");
+        let logical = &location["logicalLocations"][0];
+        assert_eq!(logical["kind"], "resource");
+        assert!(
+            logical["fullyQualifiedName"]
+                .as_str()
+                .unwrap()
+                .starts_with(logical["name"].as_str().unwrap()),
+            "{logical}"
+        );
+    }
+    assert!(results.iter().any(
+        |r| r["locations"][0]["logicalLocations"][0]["fullyQualifiedName"]
+            == "NetworkPolicy production/allow-dns spec.egress[0].to[1]"
+    ));
+
+    // An object the API holds but palisade cannot read is bad input, named by kind,
+    // namespace, name and field.
+    api.put(
+        json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "typo", "namespace": "production"},
+        "spec": {"podSelector": {}, "egress": [{"to": [{"ipBlock": {"cidr": "10.0.0.0/33"}}]}]}}),
+    );
+    let (code, out, _) = lint_cluster(&api, "invalid", &["-o", "json"]).await;
+    assert_eq!(code, Some(2), "{out}");
+    let doc: Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        doc["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["check"] == "invalid-object"
+                && f["object"] == "NetworkPolicy production/typo"
+                && f["field"] == "spec.egress[0].to[0].ipBlock.cidr"
+                && f["file"] == ""),
+        "{out}"
+    );
+}
+
+/// Without a reachable API server, `lint --cluster` says so and exits 2.
+#[test]
+fn lint_cluster_without_an_api_server_is_bad_input() {
+    let dir = std::env::temp_dir().join(format!("palisade-lint-noapi-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = dir.join("kubeconfig");
+    // A loopback port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: x, cluster: {{server: \"http://127.0.0.1:{port}\"}}}}]\n\
+             users: [{{name: u, user: {{token: t}}}}]\ncontexts: [{{name: x, context: {{cluster: x, user: u}}}}]\ncurrent-context: x\n"
+        ),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_palisade"))
+        .args(["lint", "--cluster"])
+        .env("KUBECONFIG", &kubeconfig)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(dir);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot list namespaces through the Kubernetes API"),
+        "{err}"
+    );
 }
