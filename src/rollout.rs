@@ -23,7 +23,7 @@ use palisade_policy::verdict::Action;
 use serde::Serialize;
 
 use crate::flows::{collect, Ask, Reach};
-use crate::load::load;
+use crate::load::{load, load_cluster};
 
 /// `palisade rollout` subcommands.
 #[derive(clap::Subcommand)]
@@ -45,7 +45,7 @@ pub struct StatusArgs {
     #[command(flatten)]
     reach: Reach,
     /// The manifests (pods, namespaces, policies) the suggestions are written for; with
-    /// --lab, the lab's.
+    /// --lab, the lab's; without either, the cluster as the Kubernetes API holds it.
     paths: Vec<PathBuf>,
     /// The window: flows received this long ago at most.
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
@@ -185,10 +185,6 @@ fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         (Some(lab), true) => vec![lab.manifests.clone()],
         _ => args.paths.clone(),
     };
-    let cluster: Option<Cluster> = match paths.is_empty() {
-        true => None,
-        false => Some(load(&paths)?.cluster),
-    };
     let ask = Ask {
         filter: Filter {
             namespace: Some(args.namespace.clone()),
@@ -200,6 +196,19 @@ fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     };
     let records = collect(&args.reach, &ask)?;
     let mut groups = pending(&records, &args.namespace);
+    // The suggestions are written for the manifests named, else for the cluster as the API
+    // holds it (read only when something would be denied).
+    let cluster: Option<Cluster> = match (paths.is_empty(), groups.is_empty()) {
+        (_, true) => None,
+        (false, false) => Some(load(&paths)?.cluster),
+        (true, false) => match load_cluster() {
+            Ok(loaded) => Some(loaded.cluster),
+            Err(e) => {
+                eprintln!("no suggested policies: {e:#}");
+                None
+            }
+        },
+    };
     for g in &mut groups {
         if let (Some(cluster), Some(from), Some(to)) = (&cluster, &g.from, &g.to) {
             g.suggestion = allow(cluster, &sim_flow(g, from, to));
@@ -255,9 +264,11 @@ fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
                         println!("    {line}");
                     }
                 } else if cluster.is_none() {
-                    println!("  (name the manifests to get a suggested policy)");
+                    println!(
+                        "  (no suggested policy: the cluster could not be read; name the manifests)"
+                    );
                 } else {
-                    println!("  (not between two pods of the manifests: allow it with an ipBlock)");
+                    println!("  (not between two pods of the cluster: allow it with an ipBlock)");
                 }
             }
         }

@@ -1,7 +1,8 @@
 //! `palisade flows` against a cluster: the controller replicas come from their Leases, each
 //! is reached by a port-forward through the Kubernetes API (the project's test API server,
 //! with the real kube client, the WebSocket streaming protocol included), and their flows
-//! are merged: each replica keeps only its own proxies' flows.
+//! are merged: each replica keeps only its own proxies' flows. `palisade rollout status`
+//! on a cluster, without manifests, writes its suggestions for the cluster the API holds.
 
 #[path = "../controller/tests/fakeapi/mod.rs"]
 #[allow(dead_code)]
@@ -38,12 +39,18 @@ fn record(action: &str, port: u16) -> FlowRecord {
 
 /// A replica's flows server holding one record from `pod`'s proxy, on loopback.
 async fn replica(pod: &str, action: &str, port: u16) -> SocketAddr {
+    serve_records(pod, vec![record(action, port)], &Directory::default()).await
+}
+
+/// A replica's flows server holding `records` from `pod`'s proxy, their ends named by
+/// `directory`, on loopback.
+async fn serve_records(pod: &str, records: Vec<FlowRecord>, directory: &Directory) -> SocketAddr {
     let window = Arc::new(Window::new(Limits::default()));
     let batch = FlowBatch {
-        records: vec![record(action, port)],
+        records,
         dropped: 0,
     };
-    window.add(pod, batch, &Directory::default(), SystemTime::now());
+    window.add(pod, batch, directory, SystemTime::now());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(serve(listener, window));
@@ -137,5 +144,83 @@ async fn flows_merges_every_live_replica_through_port_forwards() {
         err.contains("no live controller replica in namespace elsewhere"),
         "{err}"
     );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `rollout status` with no manifests reads the cluster from the API: each would-deny
+/// group gets the smallest NetworkPolicy that allows it, written for the pods the API holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollout_status_suggests_policies_for_the_cluster_the_api_holds() {
+    let api = FakeApi::start().await;
+    let pod = |name: &str, app: &str, ip: &str| {
+        json!({"apiVersion": "v1", "kind": "Pod",
+               "metadata": {"name": name, "namespace": "shop", "labels": {"app": app}},
+               "spec": {"containers": [{"name": "c", "image": "i",
+                                        "ports": [{"containerPort": 5432, "protocol": "TCP"}]}]},
+               "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}})
+    };
+    api.put(json!({"apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": "shop", "labels": {"kubernetes.io/metadata.name": "shop"},
+                     "annotations": {"palisade.dev/mode": "audit"}}}));
+    api.put(pod("web-1", "web", "10.0.0.1"));
+    api.put(pod("db-0", "db", "10.0.0.2"));
+    api.put(
+        json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": {"name": "default-deny", "namespace": "shop"},
+        "spec": {"podSelector": {}, "policyTypes": ["Ingress"]}}),
+    );
+    api.put(lease("ctl-0", SystemTime::now()));
+    // The replica names the ends from the same cluster, as its controller would.
+    let (cluster, _) = palisade_controller::kubernetes::load_cluster(&api.client())
+        .await
+        .unwrap();
+    let directory = Directory::default();
+    for p in &cluster.pods {
+        directory.update(&p.key(), Some(p));
+    }
+    let mut would_deny: FlowRecord = serde_json::from_value(json!({
+        "time": "2026-01-01T00:00:00.000Z", "direction": "ingress", "action": "would-deny",
+        "protocol": "TCP", "src": "10.0.0.1:40000", "dst": "10.0.0.2:5432",
+        "reason": "no-rule-matched", "policies": ["shop/default-deny"]}))
+    .unwrap();
+    would_deny.count = 3;
+    let served = serve_records("shop/db-0", vec![would_deny], &directory).await;
+    api.forward(NAMESPACE, "ctl-0", 9091, served);
+    let dir = std::env::temp_dir().join(format!("palisade-rollout-kube-{}", std::process::id()));
+    let kubeconfig = api.kubeconfig(&dir);
+
+    let (code, out, err) =
+        palisade(&kubeconfig, &["rollout", "status", "shop", "-o", "json"]).await;
+    assert_eq!(code, 1, "not ready: {out}{err}");
+    let status: Value = serde_json::from_str(&out).unwrap();
+    let flows = status["flows"].as_array().unwrap();
+    assert_eq!(flows.len(), 1, "{status:#}");
+    let f = &flows[0];
+    assert_eq!(
+        (f["source"].as_str(), f["destination"].as_str()),
+        (Some("shop/web"), Some("shop/db"))
+    );
+    assert_eq!(f["count"], 3);
+    let suggestion = f["suggestion"].as_array().unwrap();
+    assert_eq!(suggestion.len(), 1, "one refusing side, one policy: {f:#}");
+    let policy = &suggestion[0];
+    assert_eq!(policy["kind"], "NetworkPolicy");
+    assert_eq!(policy["metadata"]["namespace"], "shop");
+    assert_eq!(
+        policy["spec"]["podSelector"]["matchLabels"],
+        json!({"app": "db"})
+    );
+    let rule = &policy["spec"]["ingress"][0];
+    assert_eq!(
+        rule["from"][0]["podSelector"]["matchLabels"],
+        json!({"app": "web"})
+    );
+    assert_eq!(rule["ports"][0]["port"], 5432);
+
+    let (code, out, _) = palisade(&kubeconfig, &["rollout", "status", "shop"]).await;
+    assert_eq!(code, 1);
+    assert!(out.contains("the smallest change that allows it:"), "{out}");
+    assert!(out.contains("kind: NetworkPolicy"), "{out}");
+    assert!(!out.contains("no suggested policy"), "{out}");
     let _ = std::fs::remove_dir_all(dir);
 }
