@@ -100,6 +100,11 @@ pub struct Args {
     /// The fail mode of injected proxies whose pod has no palisade.dev/fail-mode.
     #[arg(long, env = "PALISADE_FAIL_MODE", value_enum, default_value_t = FailMode::Closed)]
     fail_mode: FailMode,
+    /// The port of injected proxies' metrics listener (/metrics only, on the pod's
+    /// addresses, left out of redirection, announced with prometheus.io annotations); 0:
+    /// none (a pod's palisade.dev/metrics annotation decides for itself).
+    #[arg(long, env = "PALISADE_PROXY_METRICS_PORT", default_value_t = palisade_controller::inject::containers::METRICS_PORT)]
+    proxy_metrics_port: u16,
     /// Inject the proxy as a native sidecar (an init container that keeps running,
     /// Kubernetes 1.29+), or as a first regular container; `auto` asks the API server's
     /// version.
@@ -186,6 +191,7 @@ async fn webhook(
     };
     let mut inject = InjectOptions::new(image.clone(), args.stream_url.clone(), sidecar);
     inject.pull_policy = args.image_pull_policy.clone();
+    inject.metrics_port = (args.proxy_metrics_port != 0).then_some(args.proxy_metrics_port);
     inject.ca = Some(std::fs::read_to_string(&args.stream_ca).with_context(|| {
         format!(
             "reading the CA injected proxies trust, {}",

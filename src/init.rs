@@ -55,6 +55,10 @@ pub struct Args {
     /// The proxy's DNS listener.
     #[arg(long, env = "PALISADE_DNS_PORT", default_value_t = 7403)]
     dns_port: u16,
+    /// The proxy's metrics port (/metrics only): left out of inbound redirection, so that
+    /// Prometheus scrapes it whatever the pod's policy says; 0: none.
+    #[arg(long, env = "PALISADE_METRICS_PORT", default_value_t = 7491)]
+    metrics_port: u16,
     /// Inbound ports (or ranges like 8000-8100) that reach the app directly, comma-separated.
     #[arg(
         long,
@@ -191,6 +195,7 @@ fn config(args: &Args) -> anyhow::Result<Config> {
         outbound_port: args.outbound_port,
         inbound_port: args.inbound_port,
         dns_port: args.dns_port,
+        metrics_port: (args.metrics_port != 0).then_some(args.metrics_port),
         skip_inbound_ports: parse_ports("--skip-inbound-ports", &args.skip_inbound_ports)?,
         skip_outbound_ports: parse_ports("--skip-outbound-ports", &args.skip_outbound_ports)?,
         skip_outbound_cidrs: parse_cidrs("--skip-outbound-cidrs", &args.skip_outbound_cidrs)?,

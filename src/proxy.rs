@@ -71,6 +71,10 @@ pub struct Args {
     /// Address of the admin server (/ready, /live, /metrics, /policy).
     #[arg(long, env = "PALISADE_ADMIN", default_value = "127.0.0.1:7490")]
     admin: SocketAddr,
+    /// Port of the metrics listener on the pod's addresses (/metrics only, for Prometheus;
+    /// `palisade init --metrics-port` leaves it out of redirection); 0: none.
+    #[arg(long, env = "PALISADE_METRICS_PORT", default_value_t = 7491)]
+    metrics_port: u16,
     /// How long new flows wait for a first policy before the fail mode applies.
     #[arg(long, env = "PALISADE_HOLD", default_value = "5s", value_parser = humantime::parse_duration)]
     hold: Duration,
@@ -187,6 +191,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         inbound_port: args.inbound_port,
         dns_port: args.dns_port,
         admin: args.admin,
+        metrics_port: (args.metrics_port != 0).then_some(args.metrics_port),
         hold: args.hold,
         fail_mode: match args.fail_mode {
             Fail::Closed => FailMode::Closed,

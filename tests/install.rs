@@ -411,7 +411,7 @@ fn the_chart_with_default_values_renders_what_install_prints() {
 
 #[test]
 fn the_chart_with_values_renders_what_install_prints_with_flags() {
-    let values = "injectNamespaces: [shop]\nmode: audit\nfailMode: open\n\
+    let values = "injectNamespaces: [shop]\nmode: audit\nfailMode: open\nproxyMetricsPort: 9102\n\
                   webhooks: {inject: {failurePolicy: Ignore}, validate: {failurePolicy: Fail}}\n\
                   image: {repository: registry.example/palisade, tag: \"1.2\"}\n";
     let chart = documents(&render(Some(values)));
@@ -423,6 +423,8 @@ fn the_chart_with_values_renders_what_install_prints_with_flags() {
         "audit",
         "--fail-mode",
         "open",
+        "--proxy-metrics-port",
+        "9102",
         "--inject-failure-policy",
         "ignore",
         "--validate-failure-policy",

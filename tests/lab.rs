@@ -921,6 +921,80 @@ fn bypass_attempts_fail() {
     }
 }
 
+/// `GET path` over HTTP/1.0 from inside `pod` to `dst`: the status line and the body, or
+/// the error connecting.
+fn http_get(lab: &Lab, pod: &str, dst: SocketAddr, path: &str) -> io::Result<(String, String)> {
+    use std::io::{Read, Write};
+    let request = format!("GET {path} HTTP/1.0\r\nHost: scrape\r\n\r\n");
+    lab.netns(pod)
+        .unwrap()
+        .run(move || {
+            let mut s = std::net::TcpStream::connect_timeout(&dst, Duration::from_secs(2))?;
+            s.set_read_timeout(Some(Duration::from_secs(5)))?;
+            s.write_all(request.as_bytes())?;
+            let mut response = String::new();
+            s.read_to_string(&mut response)?;
+            let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+            Ok((
+                head.lines().next().unwrap_or_default().to_owned(),
+                body.to_owned(),
+            ))
+        })
+        .unwrap()
+}
+
+#[test]
+fn prometheus_scrapes_the_proxy_from_outside_the_pod_while_its_policy_refuses_the_rest() {
+    let lab = lab(&["tests/lab/pair"]);
+    // b admits only a on 80/TCP and 81/UDP. c scrapes b's metrics over both families, as
+    // Prometheus would from another pod; only /metrics is served there.
+    for v6 in [false, true] {
+        let metrics = addr(&lab, "x/b", v6, 7491);
+        let (status, body) = http_get(&lab, "x/c", metrics, "/metrics").unwrap();
+        assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+        assert!(body.contains("palisade_policy_version"), "{body}");
+        let (status, body) = http_get(&lab, "x/c", metrics, "/policy").unwrap();
+        assert_eq!(
+            status, "HTTP/1.1 404 Not Found",
+            "/policy is not served: {body}"
+        );
+        assert!(body.contains("serves /metrics only"), "{body}");
+        assert!(!body.contains("b-from-a"), "{body}");
+        // The admin port stays the pod's own.
+        let admin = addr(&lab, "x/b", v6, 7490);
+        assert!(
+            http_get(&lab, "x/c", admin, "/policy").is_err(),
+            "c reached b's admin port {admin}"
+        );
+        assert!(
+            logged_deny(&lab, "x/b", "proxy-port", None, admin),
+            "no proxy-port refusal of {admin} in b's flow log"
+        );
+        // The policy still refuses c everywhere else, with its reason; a still gets in.
+        let app = addr(&lab, "x/b", v6, 80);
+        assert!(!lab.probe_addr("x/c", app, Protocol::Tcp, "x/b").unwrap());
+        assert!(
+            logged_deny(
+                &lab,
+                "x/b",
+                "no-rule-matched",
+                Some(ip_of(&lab, "x/c", v6)),
+                app
+            ),
+            "no deny of c -> {app} in b's flow log"
+        );
+        assert!(lab.probe_addr("x/a", app, Protocol::Tcp, "x/b").unwrap());
+    }
+    // The scrapes never met the pod's policy: no refusal of port 7491 was logged.
+    assert!(
+        !lab.flow_log("x/b")
+            .iter()
+            .any(|l| l["dst"].as_str().is_some_and(|d| d.ends_with(":7491"))),
+        "{:?}",
+        lab.flow_log("x/b")
+    );
+}
+
 #[test]
 fn a_flood_past_the_descriptor_limit_leaves_the_proxy_serving() {
     let mut lab = lab(&["tests/lab/pair"]);

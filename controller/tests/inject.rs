@@ -766,3 +766,124 @@ fn bypass_attempts_are_refused_in_enforce_and_warned_in_audit() {
         true
     );
 }
+
+/// Prometheus finds the proxy's metrics listener as it finds Istio's: the pod is annotated
+/// (unless it says where its own metrics are), the proxy declares the port, and init and
+/// the proxy get the port (unset: the default); the pod or the installation can turn it off.
+#[test]
+fn the_proxy_metrics_listener_is_declared_and_announced_unless_turned_off() {
+    let ns = injected_ns();
+    let native = options(SidecarKind::Native);
+    let proxy_of = |p: &Pod| {
+        container(
+            p.spec.as_ref().unwrap().init_containers.as_ref().unwrap(),
+            "palisade-proxy",
+        )
+        .clone()
+    };
+    let init_of = |p: &Pod| {
+        container(
+            p.spec.as_ref().unwrap().init_containers.as_ref().unwrap(),
+            "palisade-init",
+        )
+        .clone()
+    };
+
+    let out = inject(&pod(json!({}), json!({})), Some(&ns), &native);
+    let annotations = out.metadata.annotations.clone().unwrap();
+    assert_eq!(annotations["prometheus.io/scrape"], "true");
+    assert_eq!(annotations["prometheus.io/port"], "7491");
+    assert_eq!(annotations["prometheus.io/path"], "/metrics");
+    let proxy = proxy_of(&out);
+    let ports = proxy.ports.clone().unwrap();
+    assert_eq!(ports.len(), 1);
+    assert_eq!(
+        (
+            ports[0].name.as_deref(),
+            ports[0].container_port,
+            ports[0].protocol.as_deref()
+        ),
+        (Some("palisade-prom"), 7491, Some("TCP"))
+    );
+    // The default port: init and the proxy use their own default.
+    assert_eq!(value(&env(&proxy), "PALISADE_METRICS_PORT"), None);
+    assert_eq!(value(&env(&init_of(&out)), "PALISADE_METRICS_PORT"), None);
+
+    // A pod that already says where its metrics are keeps its annotations.
+    let own = json!({"prometheus.io/scrape": "true", "prometheus.io/port": "9100"});
+    let out = inject(&pod(own, json!({})), Some(&ns), &native);
+    let annotations = out.metadata.annotations.clone().unwrap();
+    assert_eq!(annotations["prometheus.io/port"], "9100");
+    assert!(!annotations.contains_key("prometheus.io/path"));
+    assert!(
+        proxy_of(&out).ports.is_some(),
+        "the listener is still there"
+    );
+
+    // Turned off by the pod: no listener, no port, no annotation.
+    let off = inject(
+        &pod(json!({"palisade.dev/metrics": "false"}), json!({})),
+        Some(&ns),
+        &native,
+    );
+    assert!(!off
+        .metadata
+        .annotations
+        .clone()
+        .unwrap()
+        .contains_key("prometheus.io/scrape"));
+    assert!(proxy_of(&off).ports.is_none());
+    assert_eq!(
+        value(&env(&proxy_of(&off)), "PALISADE_METRICS_PORT"),
+        Some("0")
+    );
+    assert_eq!(
+        value(&env(&init_of(&off)), "PALISADE_METRICS_PORT"),
+        Some("0")
+    );
+
+    // Turned off by the installation, and back on by a pod; another port is passed on.
+    let mut none = options(SidecarKind::Native);
+    none.metrics_port = None;
+    let out = inject(&pod(json!({}), json!({})), Some(&ns), &none);
+    assert!(proxy_of(&out).ports.is_none());
+    let out = inject(
+        &pod(json!({"palisade.dev/metrics": "true"}), json!({})),
+        Some(&ns),
+        &none,
+    );
+    assert_eq!(proxy_of(&out).ports.unwrap()[0].container_port, 7491);
+    let mut other = options(SidecarKind::Native);
+    other.metrics_port = Some(9102);
+    let out = inject(&pod(json!({}), json!({})), Some(&ns), &other);
+    assert_eq!(
+        out.metadata.annotations.clone().unwrap()["prometheus.io/port"],
+        "9102"
+    );
+    assert_eq!(
+        value(&env(&proxy_of(&out)), "PALISADE_METRICS_PORT"),
+        Some("9102")
+    );
+    assert_eq!(
+        value(&env(&init_of(&out)), "PALISADE_METRICS_PORT"),
+        Some("9102")
+    );
+
+    // A typo is refused with its fix.
+    let r = answer(
+        &pod(json!({"palisade.dev/metrics": "no"}), json!({})),
+        Some(&ns),
+        &native,
+    );
+    assert_eq!(r["allowed"], false);
+    assert!(r["status"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("palisade.dev/metrics"));
+    // And the app may not take the port.
+    let clash = pod(
+        json!({}),
+        json!({"containers": [{"name": "web", "image": "web:1", "ports": [{"containerPort": 7491}]}]}),
+    );
+    assert_eq!(answer(&clash, Some(&ns), &native)["allowed"], false);
+}

@@ -128,6 +128,10 @@ pub struct Config {
     pub inbound_port: u16,
     /// Where DNS (UDP and TCP 53 to the DNS servers) goes.
     pub dns_port: u16,
+    /// The proxy's metrics port (`/metrics` only), left out of inbound redirection so that
+    /// Prometheus reaches it whatever the pod's policy says, as Istio leaves 15020 out.
+    /// `None`: no such port.
+    pub metrics_port: Option<u16>,
     /// Inbound ports that reach the app directly.
     pub skip_inbound_ports: Vec<PortRange>,
     /// Outbound ports that leave directly.
@@ -153,6 +157,7 @@ impl Default for Config {
             outbound_port: 7401,
             inbound_port: 7402,
             dns_port: 7403,
+            metrics_port: Some(7491),
             skip_inbound_ports: Vec::new(),
             skip_outbound_ports: Vec::new(),
             skip_outbound_cidrs: Vec::new(),

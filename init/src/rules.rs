@@ -101,6 +101,12 @@ fn nat(config: &Config, family: Family) -> Table {
         Rule::new("PREROUTING", format!("-p tcp -j {INBOUND}")),
         Rule::new("OUTPUT", format!("-j {OUTPUT}")),
     ];
+    if let Some(port) = config.metrics_port {
+        rules.push(Rule::new(
+            INBOUND,
+            format!("-p tcp -m tcp --dport {port} -j RETURN"),
+        ));
+    }
     for port in &config.skip_inbound_ports {
         rules.push(Rule::new(
             INBOUND,
@@ -344,6 +350,7 @@ mod tests {
 :PALISADE_OUTPUT - [0:0]
 -A PREROUTING -p tcp -j PALISADE_INBOUND
 -A OUTPUT -j PALISADE_OUTPUT
+-A PALISADE_INBOUND -p tcp -m tcp --dport 7491 -j RETURN
 -A PALISADE_INBOUND -p tcp -m tcp --dport 22 -j RETURN
 -A PALISADE_INBOUND -p tcp -m tcp --dport 8000:8100 -j RETURN
 -A PALISADE_INBOUND -p tcp -j REDIRECT --to-ports 7402
@@ -545,8 +552,19 @@ COMMIT
 
     #[test]
     fn without_dns_servers_or_skips_the_chains_are_minimal() {
-        let text = build(&Config::default(), Family::V4).render();
+        let config = Config {
+            metrics_port: None,
+            ..Config::default()
+        };
+        let text = build(&config, Family::V4).render();
         assert!(!text.contains("--dport"), "{text}");
+        // The metrics port alone, by default.
+        let text = build(&Config::default(), Family::V4).render();
+        let ports: Vec<&str> = text.lines().filter(|l| l.contains("--dport")).collect();
+        assert_eq!(
+            ports,
+            ["-A PALISADE_INBOUND -p tcp -m tcp --dport 7491 -j RETURN"]
+        );
         assert_eq!(
             text.lines()
                 .filter(|l| l.starts_with("-A PALISADE_OUTPUT"))

@@ -1,6 +1,8 @@
 //! The admin server, on loopback only: `/live`, `/ready` (once a first policy arrived),
 //! `/metrics` (Prometheus), `/policy` (the policy in force, as JSON) and `/dns` (the pod's
-//! DNS cache: each name, its addresses, their TTL left and open connections, as JSON).
+//! DNS cache: each name, its addresses, their TTL left and open connections, as JSON). And
+//! the metrics listener, on the pod's addresses for Prometheus: `/metrics` and nothing
+//! else, since what the policy allows and the names the pod resolved are the pod's own.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -26,14 +28,38 @@ pub async fn serve(
     dns: Arc<DnsCache>,
     metrics: Option<PrometheusHandle>,
 ) {
+    accept(listener, move |req| {
+        respond(req, &state, &dns, metrics.as_ref())
+    })
+    .await
+}
+
+/// Serves `/metrics` alone forever (every other path is 404).
+pub async fn serve_metrics(listener: TcpListener, metrics: Option<PrometheusHandle>) {
+    accept(listener, move |req| match req.uri().path() {
+        "/metrics" => prometheus(metrics.as_ref()),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: this port serves /metrics only\n",
+            PLAIN,
+        ),
+    })
+    .await
+}
+
+/// Answers every request of every connection with `answer`.
+async fn accept<F>(listener: TcpListener, answer: F)
+where
+    F: Fn(&Request<Incoming>) -> Response<Full<Bytes>> + Clone + Send + Sync + 'static,
+{
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             continue;
         };
-        let (state, dns, metrics) = (state.clone(), dns.clone(), metrics.clone());
+        let answer = answer.clone();
         let service = service_fn(move |req| {
-            let response = respond(&req, &state, &dns, metrics.as_ref());
+            let response = answer(&req);
             async move { Ok::<_, Infallible>(response) }
         });
         tokio::spawn(async move {
@@ -41,6 +67,19 @@ pub async fn serve(
                 .serve_connection(TokioIo::new(stream), service)
                 .await;
         });
+    }
+}
+
+const PLAIN: &str = "text/plain; charset=utf-8";
+
+fn prometheus(metrics: Option<&PrometheusHandle>) -> Response<Full<Bytes>> {
+    match metrics {
+        Some(m) => text(StatusCode::OK, m.render(), "text/plain; version=0.0.4"),
+        None => text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "metrics unavailable\n",
+            PLAIN,
+        ),
     }
 }
 
@@ -64,7 +103,6 @@ fn respond(
     dns: &DnsCache,
     metrics: Option<&PrometheusHandle>,
 ) -> Response<Full<Bytes>> {
-    const PLAIN: &str = "text/plain; charset=utf-8";
     match req.uri().path() {
         "/live" => text(StatusCode::OK, "live\n", PLAIN),
         "/ready" => match state.current() {
@@ -79,14 +117,7 @@ fn respond(
                 PLAIN,
             ),
         },
-        "/metrics" => match metrics {
-            Some(m) => text(StatusCode::OK, m.render(), "text/plain; version=0.0.4"),
-            None => text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "metrics unavailable\n",
-                PLAIN,
-            ),
-        },
+        "/metrics" => prometheus(metrics),
         "/policy" => match state.current() {
             Some(s) => match serde_json::to_vec_pretty(&*s) {
                 Ok(json) => text(StatusCode::OK, json, "application/json"),

@@ -43,6 +43,10 @@ pub struct Config {
     pub dns_port: u16,
     /// Where the admin server listens (`/ready`, `/live`, `/metrics`, `/policy`).
     pub admin: SocketAddr,
+    /// Port of the metrics listener, on every address of the pod (both families), which
+    /// serves `/metrics` only, for Prometheus; init leaves it out of redirection. `None`:
+    /// no such listener.
+    pub metrics_port: Option<u16>,
     /// How long new flows wait for a first policy before the fail mode applies.
     pub hold: Duration,
     /// What happens after `hold`.
@@ -143,6 +147,7 @@ impl Config {
             || port == self.inbound_port
             || port == self.dns_port
             || port == self.admin.port()
+            || Some(port) == self.metrics_port
     }
 
     /// Whether `dst` is one of the proxy's own listeners in this pod (loopback or one of

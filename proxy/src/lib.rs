@@ -177,6 +177,10 @@ pub async fn run(config: Config) -> Result<(), ListenError> {
         tokio::spawn(inbound::serve(inbound, judge.clone()));
         tokio::spawn(dns::serve_tcp(dns_tcp, judge.clone()));
         tokio::spawn(dns::serve_udp(dns_udp, judge.clone()));
+        if let Some(port) = config.metrics_port {
+            let listener = tcp_listener("metrics", SocketAddr::new(any, port))?;
+            tokio::spawn(admin::serve_metrics(listener, metrics.clone()));
+        }
         let Some(raw) = &raw else { continue };
         for (direction, port) in [
             (Direction::Egress, config.outbound_port),

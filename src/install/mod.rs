@@ -93,6 +93,10 @@ pub struct Args {
     /// What proxies do before their first policy arrives.
     #[arg(long, value_enum, default_value = "closed")]
     fail_mode: FailMode,
+    /// The port of injected proxies' metrics listener (/metrics for Prometheus, announced
+    /// with prometheus.io annotations); 0: none.
+    #[arg(long, default_value_t = palisade_controller::inject::containers::METRICS_PORT)]
+    proxy_metrics_port: u16,
     /// What the API server does with a pod of an injected namespace when the injection
     /// webhook cannot answer: Fail keeps pods without a proxy from starting there.
     #[arg(long, value_enum, default_value = "fail")]
@@ -217,6 +221,7 @@ fn deployment(a: &Args) -> Value {
                 FailMode::Open => "open",
             }
         ),
+        format!("--proxy-metrics-port={}", a.proxy_metrics_port),
     ]);
     json!({
         "apiVersion": "apps/v1",

@@ -30,6 +30,9 @@ pub const REQUIRE_SNI: &str = palisade_policy::cluster::REQUIRE_SNI_ANNOTATION;
 pub const DNS_GRACE: &str = "palisade.dev/dns-grace";
 /// How the proxy answers a query DNS rules refuse: `nxdomain` or `refused`.
 pub const DNS_REFUSE_WITH: &str = "palisade.dev/dns-refuse-with";
+/// `"false"` on a pod: its proxy opens no metrics listener (and the pod gets no
+/// `prometheus.io/*` annotations); `"true"` asks for one where the installation has none.
+pub const METRICS: &str = "palisade.dev/metrics";
 /// Set by the injector on every pod it injected, with the image it used.
 pub const INJECTED: &str = "palisade.dev/injected";
 
@@ -94,6 +97,8 @@ pub struct PodSettings {
     pub dns_grace: Option<String>,
     /// `palisade.dev/dns-refuse-with`, as written.
     pub dns_refuse_with: Option<String>,
+    /// `palisade.dev/metrics`, when the pod sets it.
+    pub metrics: Option<bool>,
     /// The pod's resolvers, when its DNS settings name them (`dnsPolicy: None`): otherwise
     /// the kubelet writes them into every container's /etc/resolv.conf, which init and the
     /// proxy read.
@@ -214,6 +219,14 @@ pub fn read(pod: &Pod, ns: Option<&Namespace>) -> Result<PodSettings, Vec<String
             false
         }
     };
+    let metrics = match pod_annotation(pod, METRICS).map(|v| boolean(METRICS, v, "")) {
+        None => None,
+        Some(Ok(b)) => Some(b),
+        Some(Err(e)) => {
+            errors.push(e);
+            None
+        }
+    };
     // Read by the controller, from the pod or else its namespace: checked here so that a
     // typo is not silently `false`.
     for (value, whose) in [
@@ -277,6 +290,7 @@ pub fn read(pod: &Pod, ns: Option<&Namespace>) -> Result<PodSettings, Vec<String
         fail_mode,
         dns_grace,
         dns_refuse_with,
+        metrics,
         nameservers,
     })
 }

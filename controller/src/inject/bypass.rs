@@ -88,7 +88,7 @@ pub fn port_conflicts(pod: &Pod) -> Vec<String> {
             if u16::try_from(p.container_port).is_ok_and(|port| PROXY_PORTS.contains(&port)) {
                 out.push(format!(
                     "{what} {:?} declares port {}, which palisade's proxy uses \
-                     (7401-7403 and 7490 are reserved in injected pods): move it",
+                     (7401-7403, 7490 and 7491 are reserved in injected pods): move it",
                     c.name, p.container_port
                 ));
             }

@@ -6,9 +6,9 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EnvVar, EnvVarSource, ExecAction, Lifecycle, LifecycleHandler,
-    ObjectFieldSelector, Probe, ProjectedVolumeSource, ResourceRequirements, SecurityContext,
-    ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
+    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, ExecAction, Lifecycle,
+    LifecycleHandler, ObjectFieldSelector, Probe, ProjectedVolumeSource, ResourceRequirements,
+    SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
@@ -33,8 +33,12 @@ pub const PROXY_NAME: &str = "palisade-proxy";
 pub const BINARY: &str = "/usr/local/bin/palisade";
 /// The proxy's uid: its own traffic is not redirected.
 pub const PROXY_UID: i64 = 2190;
-/// Ports the proxy listens on in the pod (outbound, inbound, DNS, admin).
-pub const PROXY_PORTS: [u16; 4] = [7401, 7402, 7403, 7490];
+/// Ports the proxy listens on in the pod (outbound, inbound, DNS, admin, metrics).
+pub const PROXY_PORTS: [u16; 5] = [7401, 7402, 7403, 7490, METRICS_PORT];
+/// The proxy's metrics listener (`/metrics` only, on the pod's addresses, for Prometheus).
+pub const METRICS_PORT: u16 = 7491;
+/// The name the proxy container declares its metrics port under (15 characters at most).
+pub const METRICS_PORT_NAME: &str = "palisade-prom";
 /// The emptyDir the init container gets as `/run` (iptables' lock file), its root file
 /// system being read-only.
 pub const RUN_VOLUME: &str = "palisade-run";
@@ -109,6 +113,7 @@ pub const OPTIONS: &[Opt] = &[
     setting(Part::Init, "PALISADE_ALLOW_ICMP", |s, _| {
         s.allow_icmp.then(|| "true".into())
     }),
+    setting(Part::Init, "PALISADE_METRICS_PORT", metrics_port_option),
     // palisade proxy
     field(Part::Proxy, "PALISADE_POD_NAME", "metadata.name"),
     field(Part::Proxy, "PALISADE_POD_NAMESPACE", "metadata.namespace"),
@@ -140,6 +145,7 @@ pub const OPTIONS: &[Opt] = &[
     setting(Part::Proxy, "PALISADE_DNS_REFUSE_WITH", |s, _| {
         s.dns_refuse_with.clone()
     }),
+    setting(Part::Proxy, "PALISADE_METRICS_PORT", metrics_port_option),
     // The stream's CA, inline (a Secret of the controller's namespace cannot be mounted
     // in other namespaces), and the projected token the proxy proves its pod with.
     setting(Part::Proxy, "PALISADE_CA", |_, o| o.ca.clone()),
@@ -147,6 +153,24 @@ pub const OPTIONS: &[Opt] = &[
         Some(format!("{TOKEN_DIR}/{TOKEN_FILE}"))
     }),
 ];
+
+/// The proxy's metrics port in this pod: the installation's, unless the pod's
+/// `palisade.dev/metrics` says otherwise.
+pub fn metrics_port(settings: &PodSettings, options: &InjectOptions) -> Option<u16> {
+    match settings.metrics {
+        None => options.metrics_port,
+        Some(false) => None,
+        Some(true) => Some(options.metrics_port.unwrap_or(METRICS_PORT)),
+    }
+}
+
+/// `PALISADE_METRICS_PORT` for init and the proxy: unset for the default port, `0` for none.
+fn metrics_port_option(settings: &PodSettings, options: &InjectOptions) -> Option<String> {
+    match metrics_port(settings, options) {
+        Some(METRICS_PORT) => None,
+        port => Some(port.unwrap_or(0).to_string()),
+    }
+}
 
 /// The environment of one container, from [`OPTIONS`].
 pub fn env(part: Part, settings: &PodSettings, options: &InjectOptions) -> Vec<EnvVar> {
@@ -290,6 +314,15 @@ pub fn proxy(settings: &PodSettings, options: &InjectOptions, kind: SidecarKind)
         }),
         // Listening is enough to start the app: until its first policy arrives the proxy
         // holds new flows, then applies the fail mode. Ready means it has a policy.
+        // Declared, so that the pod's port list says what Prometheus scrapes.
+        ports: metrics_port(settings, options).map(|port| {
+            vec![ContainerPort {
+                name: Some(METRICS_PORT_NAME.into()),
+                container_port: i32::from(port),
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            }]
+        }),
         startup_probe: Some(admin_probe("/live", 1, 120)),
         readiness_probe: Some(admin_probe("/ready", 5, 2)),
         liveness_probe: Some(admin_probe("/live", 10, 3)),

@@ -36,6 +36,10 @@ pub struct InjectOptions {
     /// How long proxies keep DNS records usable after their TTL ran out, for pods that do
     /// not set `palisade.dev/dns-grace` (the proxy's default if `None`).
     pub dns_grace: Option<String>,
+    /// The port of injected proxies' metrics listener (`/metrics` on the pod's addresses,
+    /// left out of redirection, announced with `prometheus.io/*` annotations); `None`: none,
+    /// except in pods whose `palisade.dev/metrics: "true"` asks for one.
+    pub metrics_port: Option<u16>,
     /// What the init container requests.
     pub init_resources: ResourceRequirements,
     /// What the proxy requests.
@@ -55,6 +59,7 @@ impl InjectOptions {
             hold: None,
             log_allowed: false,
             dns_grace: None,
+            metrics_port: Some(containers::METRICS_PORT),
             init_resources: containers::default_resources(containers::Part::Init),
             proxy_resources: containers::default_resources(containers::Part::Proxy),
         }
@@ -109,6 +114,13 @@ fn injected(pod: &Pod) -> bool {
                 .any(named)
     })
 }
+
+/// The annotations Prometheus' Kubernetes discovery reads (the port's value is filled in).
+const PROMETHEUS: [(&str, &str); 3] = [
+    ("prometheus.io/scrape", "true"),
+    ("prometheus.io/port", ""),
+    ("prometheus.io/path", "/metrics"),
+];
 
 /// Escapes a key for a JSON pointer (RFC 6901).
 fn pointer_key(key: &str) -> String {
@@ -240,6 +252,15 @@ pub fn review(pod: &Pod, ns: Option<&Namespace>, options: &InjectOptions) -> Dec
         }));
     };
     annotate(annotations::INJECTED, &options.image);
+    // Prometheus finds the proxy's metrics as Istio's are found, unless the pod already
+    // says where its own metrics are.
+    let scraped = PROMETHEUS.iter().any(|(k, _)| existing.contains_key(*k));
+    if let (false, Some(port)) = (scraped, containers::metrics_port(&settings, options)) {
+        let port = port.to_string();
+        for (key, value) in PROMETHEUS {
+            annotate(key, if value.is_empty() { &port } else { value });
+        }
+    }
     // `kubectl logs` and `exec` keep going to the app, not to the proxy.
     const DEFAULT_CONTAINER: &str = "kubectl.kubernetes.io/default-container";
     if let (false, Some(first)) = (
