@@ -325,6 +325,10 @@ pub struct Args {
     /// Flows to this destination port.
     #[arg(long)]
     port: Option<u16>,
+    /// Flows a toFQDNs rule allowed through a DNS name this matchPattern matches (a name,
+    /// `*.example.com` or `**.example.com`).
+    #[arg(long, value_parser = name_pattern)]
+    name: Option<String>,
     /// Only flows received this long ago at most (e.g. 5m).
     #[arg(long, value_parser = humantime::parse_duration)]
     since: Option<Duration>,
@@ -338,6 +342,11 @@ pub struct Args {
     /// Output format: text, or one JSON record a line.
     #[arg(long, short, value_enum, default_value_t)]
     output: Output,
+}
+
+fn name_pattern(s: &str) -> Result<String, String> {
+    palisade_policy::fqdn::NamePattern::pattern(s)?;
+    Ok(s.to_owned())
 }
 
 fn end(e: Option<&palisade_policy::flows::Endpoint>, addr: SocketAddr) -> String {
@@ -364,6 +373,9 @@ pub fn line(r: &FlowRecord) -> String {
     if !r.policies.is_empty() {
         s.push_str(&format!(" policies {}", r.policies.join(",")));
     }
+    if let Some(name) = &r.name {
+        s.push_str(&format!(" name {name}"));
+    }
     if let Some(h) = &r.http {
         s.push_str(&format!(" {} {} -> {}", h.method, h.path, h.status));
     }
@@ -376,7 +388,7 @@ pub fn line(r: &FlowRecord) -> String {
 fn group_line(g: &Group) -> String {
     let k = &g.key;
     format!(
-        "{:>6}  {} -> {} {}/{} {} ({}){}",
+        "{:>6}  {} -> {} {}/{} {} ({}){}{}",
         g.count,
         k.source,
         k.destination,
@@ -388,6 +400,11 @@ fn group_line(g: &Group) -> String {
             String::new()
         } else {
             format!(" policies {}", k.policies)
+        },
+        if k.name.is_empty() {
+            String::new()
+        } else {
+            format!(" name {}", k.name)
         }
     )
 }
@@ -400,6 +417,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             verdict: args.verdict,
             policy: args.policy,
             port: args.port,
+            name: args.name,
         },
         since: args.since,
         follow: args.follow,

@@ -493,6 +493,7 @@ mod tests {
             count: 2,
             source: Some(from),
             destination: Some(ep("data", "db-0", "db")),
+            name: None,
         };
         let records = [
             record(

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 mod common;
 
-use common::{eventually, logged, metric};
+use common::{eventually, flows, logged, metric};
 use palisade::lab::{Lab, LabOptions};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_palisade");
@@ -125,6 +125,43 @@ fn fqdn_egress_end_to_end() {
         l["dst"] == "203.0.113.10:443" && l["action"] == "allow" && l["fqdn"].is_string()
     });
     assert_eq!(line["fqdn"], "api.github.com");
+    // The flow record the proxy reported carries the name, and `palisade flows` filters by it.
+    let dir = lab.workdir().to_str().unwrap().to_owned();
+    let mut named = Vec::new();
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            named = flows(&dir, &["--name", "api.github.com"]);
+            !named.is_empty()
+        })
+        .is_some(),
+        "no flow named api.github.com: {:?}",
+        flows(&dir, &[])
+    );
+    assert!(
+        named.iter().all(|r| r["name"] == "api.github.com"
+            && r["dst"] == "203.0.113.10:443"
+            && r["action"] == "allow"),
+        "{named:?}"
+    );
+    assert!(
+        !flows(&dir, &["--name", "**.github.com"]).is_empty(),
+        "a pattern matches it too"
+    );
+    assert!(flows(&dir, &["--name", "*.wild.test"]).is_empty());
+    let text = std::process::Command::new(BINARY)
+        .args(["flows", "--lab", &dir, "--name", "api.github.com"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&text.stdout).contains("ALLOW (egress of shop/client"),
+        "{}",
+        String::from_utf8_lossy(&text.stdout)
+    );
+    assert!(
+        String::from_utf8_lossy(&text.stdout).contains(" name api.github.com"),
+        "{}",
+        String::from_utf8_lossy(&text.stdout)
+    );
     let port80 = app(&lab, client, &[], &["api.github.com", "80", "raw"]);
     assert_eq!(reply(&port80), "", "{port80}");
     logged(&lab, client, |l| {
@@ -155,6 +192,21 @@ fn fqdn_egress_end_to_end() {
         l["dst"] == "203.0.113.40:443" && l["action"] == "allow"
     });
     assert_eq!(line["fqdn"], "www.shop.test");
+    // Flows allowed through another name carry that name, and the filter tells them apart.
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            flows(&dir, &["--name", "*.wild.test"])
+                .iter()
+                .any(|r| r["name"] == "one.wild.test" && r["dst"] == "203.0.113.30:443")
+        })
+        .is_some(),
+        "{:?}",
+        flows(&dir, &[])
+    );
+    // A refused flow was allowed by no name.
+    assert!(flows(&dir, &["--verdict", "denied"])
+        .iter()
+        .all(|r| r["name"].is_null()));
 
     // DNS over TCP (glibc's use-vc), through the DNS Service to the DNS pod.
     let tcp = app(

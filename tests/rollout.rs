@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{eventually, logged, metric};
+use common::{eventually, flows, logged, metric};
 use palisade::lab::{Lab, LabOptions};
 use palisade_policy::ports::Protocol;
 use serde_json::{json, Value};
@@ -41,17 +41,6 @@ fn palisade(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
-}
-
-/// The records `palisade flows --lab DIR ARGS -o json` prints.
-fn flows(dir: &str, args: &[&str]) -> Vec<Value> {
-    let mut all = vec!["flows", "--lab", dir, "-o", "json"];
-    all.extend_from_slice(args);
-    let (code, out, err) = palisade(&all);
-    assert_eq!(code, 0, "palisade flows {args:?}: {err}");
-    out.lines()
-        .map(|l| serde_json::from_str(l).expect("one JSON record per line"))
-        .collect()
 }
 
 fn ends(r: &Value) -> (String, String) {

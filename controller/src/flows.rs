@@ -408,6 +408,7 @@ mod tests {
             count: 1,
             source: None,
             destination: None,
+            name: None,
         }
     }
 

@@ -9,6 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::Pod;
+use crate::fqdn::{normalize, NamePattern};
 use crate::policy::Direction;
 use crate::ports::Protocol;
 use crate::verdict::Action;
@@ -57,6 +58,10 @@ pub struct FlowRecord {
     /// The destination, as the controller names it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub destination: Option<Endpoint>,
+    /// The DNS name through which a `toFQDNs` rule allowed the connection (egress): the
+    /// name the pod resolved to `dst`, without its final dot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 fn one() -> u64 {
@@ -177,6 +182,7 @@ impl FlowRecord {
             direction: self.direction,
             action: self.action,
             policies: self.policies.join(","),
+            name: self.name.clone().unwrap_or_default(),
         }
     }
 }
@@ -199,6 +205,10 @@ pub struct Filter {
     /// Flows to this destination port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port: Option<u16>,
+    /// Flows a `toFQDNs` rule allowed through a DNS name this `matchPattern` matches (a
+    /// name, or `*.example.com`, `**.example.com`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 /// The verdicts a filter may name.
@@ -242,6 +252,14 @@ impl Filter {
                 return false;
             }
         }
+        if let Some(pattern) = &self.name {
+            // Checked when the filter was set: a pattern that does not parse matches nothing.
+            let pattern = NamePattern::pattern(pattern);
+            let hit = |name: &String| pattern.as_ref().is_ok_and(|p| p.matches(&normalize(name)));
+            if !record.name.as_ref().is_some_and(hit) {
+                return false;
+            }
+        }
         self.port.is_none_or(|port| record.dst.port() == port)
     }
 
@@ -264,6 +282,9 @@ impl Filter {
         if let Some(v) = self.port {
             add("port", &v.to_string());
         }
+        if let Some(v) = &self.name {
+            add("name", v);
+        }
         out.join("&")
     }
 
@@ -281,6 +302,10 @@ impl Filter {
                 ))
             }
             "policy" => self.policy = Some(value),
+            "name" => {
+                NamePattern::pattern(&value).map_err(|e| format!("name {value:?}: {e}"))?;
+                self.name = Some(value)
+            }
             "port" => {
                 self.port = Some(
                     value
@@ -342,6 +367,9 @@ pub struct GroupKey {
     pub action: Action,
     /// The policies, comma-separated.
     pub policies: String,
+    /// The DNS name that allowed the flows (empty: none).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
 }
 
 /// One line of a summary: a group, how many flows it holds, and its first and last
@@ -421,6 +449,7 @@ mod tests {
             count: 1,
             source: Some(Endpoint::of(from)),
             destination: Some(Endpoint::of(to)),
+            name: None,
         }
     }
 
@@ -460,7 +489,19 @@ mod tests {
         assert!(f(&[("policy", "default-deny")]) && f(&[("policy", "shop/default-deny")]));
         assert!(!f(&[("policy", "data/default-deny")]));
         assert!(f(&[("port", "5432")]) && !f(&[("port", "80")]));
+        // Only flows a DNS name allowed have a name.
+        assert!(!f(&[("name", "**.example.com")]));
+        let mut named = r.clone();
+        named.name = Some("api.example.com".into());
+        let g = |q: &str| {
+            let mut f = Filter::default();
+            f.set("name", q).unwrap();
+            f.matches(&named)
+        };
+        assert!(g("api.example.com") && g("API.example.com.") && g("*.example.com"));
+        assert!(g("**.com") && !g("example.com") && !g("*.github.com"));
         let mut bad = Filter::default();
+        assert!(bad.set("name", "a..b").unwrap_err().contains("a..b"));
         assert!(bad.set("verdict", "maybe").unwrap_err().contains("maybe"));
         assert!(bad.set("port", "http").unwrap_err().contains("http"));
         assert!(!bad.set("colour", "red").unwrap());
@@ -474,6 +515,7 @@ mod tests {
             verdict: Some("would-deny".into()),
             policy: Some("a&b".into()),
             port: Some(80),
+            name: Some("**.example.com".into()),
         };
         let mut back = Filter::default();
         for pair in f.query().split('&') {

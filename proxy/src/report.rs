@@ -16,6 +16,7 @@ use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use palisade_policy::flows::{FlowBatch, FlowRecord, HttpRecord, REPORT_PATH};
+use palisade_policy::fqdn;
 use palisade_policy::policy::Direction;
 use palisade_policy::ports::Protocol;
 use palisade_policy::verdict::{Action, Reason};
@@ -39,8 +40,8 @@ pub const INTERVAL: Duration = Duration::from_secs(1);
 const POST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What allowed flows are counted under: direction, protocol, source address, destination
-/// address and port, and the allowing policy (by the hash of its id, so that counting a
-/// flow never allocates).
+/// address and port, the allowing policy and the DNS name that allowed it (by the hashes of
+/// the policy's id and of the name, so that counting a flow never allocates).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 struct CountKey {
     direction: Direction,
@@ -48,6 +49,7 @@ struct CountKey {
     src: IpAddr,
     dst: SocketAddr,
     policy: u64,
+    name: u64,
 }
 
 #[derive(Default)]
@@ -100,12 +102,14 @@ impl Reporter {
             },
             _ => None,
         };
+        let name = j.verdict.as_ref().and_then(|v| v.name(&flow.as_flow()));
         let key = CountKey {
             direction: flow.direction,
             protocol: flow.protocol,
             src: flow.src.ip(),
             dst: flow.dst,
             policy: allowing.map_or(0, |id| self.hasher.hash_one(id)),
+            name: name.map_or(0, |n| self.hasher.hash_one(n)),
         };
         let mut pending = self.lock();
         if let Some(r) = pending.counts.get_mut(&key) {
@@ -137,6 +141,7 @@ impl Reporter {
             count: 1,
             source: None,
             destination: None,
+            name: name.map(|n| fqdn::display(n).to_owned()),
         };
         pending.counts.insert(key, record);
     }
@@ -178,6 +183,8 @@ impl Reporter {
             count: 1,
             source: None,
             destination: None,
+            // Refused flows were allowed by no name.
+            name: None,
         });
         if pending.records.len() == 1 {
             self.wake.notify_one();

@@ -1,6 +1,7 @@
-//! Helpers the end-to-end tests share: reading a proxy's metrics and flow log, and
-//! waiting for a condition with a bound.
+//! Helpers the end-to-end tests share: reading a proxy's metrics, flow log and reported
+//! flows, and waiting for a condition with a bound.
 
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use palisade::lab::Lab;
@@ -40,4 +41,24 @@ pub fn eventually(within: Duration, mut check: impl FnMut() -> bool) -> Option<D
         std::thread::sleep(Duration::from_millis(20));
     }
     None
+}
+
+/// The records `palisade flows --lab DIR ARGS -o json` prints.
+// Only the tests that read reported flows use it.
+#[allow(dead_code)]
+pub fn flows(dir: &str, args: &[&str]) -> Vec<serde_json::Value> {
+    let out = Command::new(env!("CARGO_BIN_EXE_palisade"))
+        .args(["flows", "--lab", dir, "-o", "json"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "palisade flows {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON record per line"))
+        .collect()
 }
