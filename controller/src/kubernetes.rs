@@ -488,12 +488,25 @@ impl Loading {
         Ok(())
     }
 
+    /// Lists every object of a built-in kind (`resource`, its plural) and reads each.
+    async fn all<K>(
+        &mut self,
+        client: &kube::Client,
+        resource: &'static str,
+    ) -> Result<(), LoadError>
+    where
+        K: Resource + Clone + DeserializeOwned + Serialize + Debug,
+        K::DynamicType: Default,
+    {
+        self.list(Api::<K>::all(client.clone()), None)
+            .await
+            .map_err(|e| LoadError::new(resource, e))
+    }
+
     /// Lists the NetworkPolicies, and the PalisadePolicies and CiliumNetworkPolicies when
     /// their API exists (a notice says which kind was not there).
     async fn policies(&mut self, client: &kube::Client) -> Result<(), LoadError> {
-        self.list(Api::<NetworkPolicy>::all(client.clone()), None)
-            .await
-            .map_err(|e| LoadError::new("networkpolicies", e))?;
+        self.all::<NetworkPolicy>(client, "networkpolicies").await?;
         for c in CUSTOM {
             let resource = ApiResource::from_gvk_with_plural(
                 &GroupVersionKind::gvk(c.group, c.version, c.kind.as_str()),
@@ -549,22 +562,12 @@ pub async fn load_policies(client: &kube::Client) -> Result<(Vec<Policy>, Report
 /// address keep none.
 pub async fn load_cluster(client: &kube::Client) -> Result<(Cluster, Report), LoadError> {
     let mut loading = Loading::default();
+    loading.all::<Namespace>(client, "namespaces").await?;
+    loading.all::<Pod>(client, "pods").await?;
+    loading.all::<Service>(client, "services").await?;
     loading
-        .list(Api::<Namespace>::all(client.clone()), None)
-        .await
-        .map_err(|e| LoadError::new("namespaces", e))?;
-    loading
-        .list(Api::<Pod>::all(client.clone()), None)
-        .await
-        .map_err(|e| LoadError::new("pods", e))?;
-    loading
-        .list(Api::<Service>::all(client.clone()), None)
-        .await
-        .map_err(|e| LoadError::new("services", e))?;
-    loading
-        .list(Api::<EndpointSlice>::all(client.clone()), None)
-        .await
-        .map_err(|e| LoadError::new("endpointslices", e))?;
+        .all::<EndpointSlice>(client, "endpointslices")
+        .await?;
     loading.policies(client).await?;
     let mut cluster = Cluster::default();
     for object in loading.objects {
