@@ -921,7 +921,7 @@ fn bypass_attempts_fail() {
     }
 }
 
-/// `GET path` over HTTP/1.0 from inside `pod` to `dst`: the status line and the body, or
+/// `GET path` over HTTP/1.0 from inside `pod` to `dst`: the status code and the body, or
 /// the error connecting.
 fn http_get(lab: &Lab, pod: &str, dst: SocketAddr, path: &str) -> io::Result<(String, String)> {
     use std::io::{Read, Write};
@@ -935,8 +935,9 @@ fn http_get(lab: &Lab, pod: &str, dst: SocketAddr, path: &str) -> io::Result<(St
             let mut response = String::new();
             s.read_to_string(&mut response)?;
             let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+            let status = head.lines().next().unwrap_or_default();
             Ok((
-                head.lines().next().unwrap_or_default().to_owned(),
+                status.split(' ').nth(1).unwrap_or(status).to_owned(),
                 body.to_owned(),
             ))
         })
@@ -951,20 +952,19 @@ fn prometheus_scrapes_the_proxy_from_outside_the_pod_while_its_policy_refuses_th
     for v6 in [false, true] {
         let metrics = addr(&lab, "x/b", v6, 7491);
         let (status, body) = http_get(&lab, "x/c", metrics, "/metrics").unwrap();
-        assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+        assert_eq!(status, "200", "{body}");
         assert!(body.contains("palisade_policy_version"), "{body}");
         let (status, body) = http_get(&lab, "x/c", metrics, "/policy").unwrap();
-        assert_eq!(
-            status, "HTTP/1.1 404 Not Found",
-            "/policy is not served: {body}"
-        );
+        assert_eq!(status, "404", "/policy is not served: {body}");
         assert!(body.contains("serves /metrics only"), "{body}");
         assert!(!body.contains("b-from-a"), "{body}");
-        // The admin port stays the pod's own.
+        // The admin port stays the pod's own: the proxy takes the connection and closes it
+        // without a word.
         let admin = addr(&lab, "x/b", v6, 7490);
+        let answer = http_get(&lab, "x/c", admin, "/policy");
         assert!(
-            http_get(&lab, "x/c", admin, "/policy").is_err(),
-            "c reached b's admin port {admin}"
+            answer.as_ref().is_err() || answer.as_ref().is_ok_and(|(s, _)| s.is_empty()),
+            "c reached b's admin port {admin}: {answer:?}"
         );
         assert!(
             logged_deny(&lab, "x/b", "proxy-port", None, admin),
