@@ -87,6 +87,11 @@ pub struct Args {
     /// Log allowed flows too, not only denied ones.
     #[arg(long, env = "PALISADE_LOG_ALLOWED")]
     log_allowed: bool,
+    /// Do not report flows to the controller (palisade flows, rollout status and generate
+    /// then see none of this pod's): for measuring what reporting costs (bench/run
+    /// --reporting-cost).
+    #[arg(long, env = "PALISADE_NO_FLOW_REPORTS")]
+    no_flow_reports: bool,
     /// How long an idle UDP session is kept.
     #[arg(long, env = "PALISADE_UDP_IDLE", default_value = "60s", value_parser = humantime::parse_duration)]
     udp_idle: Duration,
@@ -199,6 +204,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         },
         dns_upstreams,
         log_allowed: args.log_allowed,
+        flow_reports: !args.no_flow_reports,
         udp_idle: args.udp_idle,
         connect_timeout: args.connect_timeout,
         http: HttpLimits {

@@ -55,6 +55,9 @@ pub struct Config {
     pub dns_upstreams: Vec<IpAddr>,
     /// Log allowed flows too, not only denied ones.
     pub log_allowed: bool,
+    /// Report flows to the controller (`palisade flows`, `rollout status`); off only to
+    /// measure what reporting costs.
+    pub flow_reports: bool,
     /// How long an idle UDP session is kept.
     pub udp_idle: Duration,
     /// How long a connect to a destination may take.

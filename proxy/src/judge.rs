@@ -150,14 +150,20 @@ pub struct Judge {
     config: Arc<Config>,
     state: PolicyState,
     log: FlowLog,
-    reporter: Reporter,
+    /// Where flow records go; `None` when reporting is off (`--no-flow-reports`).
+    reporter: Option<Reporter>,
     next_backend: Arc<AtomicUsize>,
     dns: Arc<DnsCache>,
 }
 
 impl Judge {
     /// A judge over the pod's policy state, with an empty DNS cache.
-    pub fn new(config: Arc<Config>, state: PolicyState, log: FlowLog, reporter: Reporter) -> Self {
+    pub fn new(
+        config: Arc<Config>,
+        state: PolicyState,
+        log: FlowLog,
+        reporter: Option<Reporter>,
+    ) -> Self {
         let dns = DnsCache::new(config.dns.limits.clone());
         Self {
             config,
@@ -240,8 +246,8 @@ impl Judge {
             None => self.without_policy(flow),
         };
         metrics::counter_flow(flow, j.action);
-        if j.action == Action::Allow {
-            self.reporter.count(flow, &j);
+        if let (Action::Allow, Some(reporter)) = (j.action, &self.reporter) {
+            reporter.count(flow, &j);
         }
         if j.action != Action::Allow || self.log.logs_allowed() {
             self.log(flow, &j, None);
@@ -445,7 +451,7 @@ impl Judge {
 
     /// Writes a flow log line about `flow`.
     pub fn write_log(&self, flow: &FlowInfo, line: Line<'_>) {
-        if line.action != Action::Allow {
+        if let (false, Some(reporter)) = (line.action == Action::Allow, &self.reporter) {
             // The policies that refused it: those whose HTTP rules did not allow a request,
             // else those that isolate the pod's side (none: the fail mode or the proxy).
             let request = match &line.extra {
@@ -464,8 +470,7 @@ impl Judge {
                         .collect()
                 }),
             };
-            self.reporter
-                .record(flow, line.action, &line.reason, policies, request);
+            reporter.record(flow, line.action, &line.reason, policies, request);
         }
         self.log.write(&Entry {
             time: flowlog::now(),

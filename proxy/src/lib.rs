@@ -141,7 +141,7 @@ pub async fn run(config: Config) -> Result<(), ListenError> {
         addr: config.admin,
         source,
     })?;
-    let reporter = report::Reporter::default();
+    let reporter = config.flow_reports.then(report::Reporter::default);
     let judge = Judge::new(config.clone(), state.clone(), log, reporter.clone());
 
     tcp::check_transparent();
@@ -212,7 +212,9 @@ pub async fn run(config: Config) -> Result<(), ListenError> {
     ));
     tracing::info!(pod = %config.pod, controllers = %config.controllers.iter().map(ToString::to_string).collect::<Vec<_>>().join(","), "proxy started");
     let link = client::Link::default();
-    tokio::spawn(reporter.run(config.clone(), link.clone()));
+    if let Some(reporter) = reporter {
+        tokio::spawn(reporter.run(config.clone(), link.clone()));
+    }
     client::run_linked(config, state, link).await;
     Ok(())
 }

@@ -31,6 +31,7 @@ pub fn config(
         dns_port: 0,
         admin: "127.0.0.1:0".parse().expect("an address"),
         metrics_port: None,
+        flow_reports: true,
         hold: Duration::from_secs(1),
         fail_mode: palisade_proxy::FailMode::Closed,
         dns_upstreams: vec![],
