@@ -4,6 +4,8 @@
 //! are merged: each replica keeps only its own proxies' flows. `palisade rollout status`
 //! on a cluster, without manifests, writes its suggestions for the cluster the API holds.
 
+#[allow(dead_code)]
+mod common;
 #[path = "../controller/tests/fakeapi/mod.rs"]
 #[allow(dead_code)]
 mod fakeapi;
@@ -201,21 +203,7 @@ async fn rollout_status_suggests_policies_for_the_cluster_the_api_holds() {
         (Some("shop/web"), Some("shop/db"))
     );
     assert_eq!(f["count"], 3);
-    let suggestion = f["suggestion"].as_array().unwrap();
-    assert_eq!(suggestion.len(), 1, "one refusing side, one policy: {f:#}");
-    let policy = &suggestion[0];
-    assert_eq!(policy["kind"], "NetworkPolicy");
-    assert_eq!(policy["metadata"]["namespace"], "shop");
-    assert_eq!(
-        policy["spec"]["podSelector"]["matchLabels"],
-        json!({"app": "db"})
-    );
-    let rule = &policy["spec"]["ingress"][0];
-    assert_eq!(
-        rule["from"][0]["podSelector"]["matchLabels"],
-        json!({"app": "web"})
-    );
-    assert_eq!(rule["ports"][0]["port"], 5432);
+    common::assert_suggests(&f["suggestion"], "shop", "web", "db", 5432);
 
     let (code, out, _) = palisade(&kubeconfig, &["rollout", "status", "shop"]).await;
     assert_eq!(code, 1);

@@ -100,20 +100,8 @@ fn rollout_status_names_the_missing_flow_and_enforcing_with_its_suggestion_keeps
     assert_eq!(p["protocol"], "TCP");
     assert_eq!(p["sides"], json!(["ingress"]));
     assert_eq!(p["policies"], json!(["shop/default-deny"]));
-    let suggestion = p["suggestion"].as_array().unwrap().clone();
-    assert_eq!(suggestion.len(), 1, "{suggestion:#?}");
-    let policy = &suggestion[0];
-    assert_eq!(policy["kind"], "NetworkPolicy");
-    assert_eq!(policy["metadata"]["namespace"], "shop");
-    assert_eq!(
-        policy["spec"]["podSelector"]["matchLabels"],
-        json!({"app": "db"})
-    );
-    assert_eq!(
-        policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"],
-        json!({"app": "api"})
-    );
-    assert_eq!(policy["spec"]["ingress"][0]["ports"][0]["port"], 5432);
+    let suggestion = p["suggestion"].clone();
+    common::assert_suggests(&suggestion, "shop", "api", "db", 5432);
     // In words, with the YAML to apply.
     let (code, text, _) = palisade(&["rollout", "status", "shop", "--lab", dir]);
     assert_eq!(code, 1);

@@ -62,3 +62,34 @@ pub fn flows(dir: &str, args: &[&str]) -> Vec<serde_json::Value> {
         .map(|l| serde_json::from_str(l).expect("one JSON record per line"))
         .collect()
 }
+
+/// Checks that `suggestion` (rollout status's JSON) is exactly one NetworkPolicy in
+/// `namespace` letting pods `app: from` reach pods `app: to` on TCP `port`.
+#[allow(dead_code)] // only the rollout tests use it
+pub fn assert_suggests(
+    suggestion: &serde_json::Value,
+    namespace: &str,
+    from: &str,
+    to: &str,
+    port: u16,
+) {
+    let suggestion = suggestion.as_array().expect("a list of policies");
+    assert_eq!(
+        suggestion.len(),
+        1,
+        "one refusing side, one policy: {suggestion:#?}"
+    );
+    let policy = &suggestion[0];
+    assert_eq!(policy["kind"], "NetworkPolicy");
+    assert_eq!(policy["metadata"]["namespace"], namespace);
+    assert_eq!(
+        policy["spec"]["podSelector"]["matchLabels"],
+        serde_json::json!({"app": to})
+    );
+    let rule = &policy["spec"]["ingress"][0];
+    assert_eq!(
+        rule["from"][0]["podSelector"]["matchLabels"],
+        serde_json::json!({"app": from})
+    );
+    assert_eq!(rule["ports"][0]["port"], port);
+}
