@@ -13,6 +13,10 @@
 //! parses the next request when the upgrade does not happen).
 
 use std::fmt;
+use std::mem::MaybeUninit;
+
+/// How many header fields a head may have for them to be parsed on the stack.
+const STACK_HEADERS: usize = 128;
 
 /// Why a request is refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -238,9 +242,18 @@ impl Gate {
 
     /// Parses a complete head and sets the body's framing.
     fn check_head(&mut self) -> Result<(), Violation> {
-        let mut headers = vec![httparse::EMPTY_HEADER; self.max_headers];
-        let mut req = httparse::Request::new(&mut headers);
-        match req.parse(&self.held) {
+        // The fields on the stack when the limit allows (it does by default): a head is
+        // checked per request, and a heap block of this size costs more than the parse.
+        let mut stack = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; STACK_HEADERS];
+        let mut heap = Vec::new();
+        let fields = if self.max_headers <= STACK_HEADERS {
+            &mut stack[..self.max_headers]
+        } else {
+            heap.resize_with(self.max_headers, MaybeUninit::uninit);
+            &mut heap[..]
+        };
+        let mut req = httparse::Request::new(&mut []);
+        match req.parse_with_uninit_headers(&self.held, fields) {
             Ok(httparse::Status::Complete(_)) => {}
             Ok(httparse::Status::Partial) => return Err(Violation::Malformed("incomplete")),
             Err(httparse::Error::TooManyHeaders) => return Err(Violation::TooManyHeaders),

@@ -58,6 +58,8 @@ struct Connection {
     violation: Arc<Mutex<Option<Violation>>>,
     /// Requests waiting for their response head.
     waiting: AtomicUsize,
+    /// The counter of the last request's outcome.
+    counted: request::LastCounter,
     activity: Activity,
 }
 
@@ -127,6 +129,7 @@ pub async fn serve_detected(
         upstream,
         violation: Arc::default(),
         waiting: AtomicUsize::new(0),
+        counted: Default::default(),
         activity: Activity::new(),
     });
     let _open = crate::tcp::OpenGuard::new(conn.flow.label(), "TCP");

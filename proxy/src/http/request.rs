@@ -4,12 +4,13 @@
 use std::borrow::Cow;
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
+use ::metrics::Counter;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
-use http::{Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use palisade_policy::compiled::Flow;
@@ -54,25 +55,51 @@ impl Judged for View<'_> {
     }
 }
 
-/// Counts a request.
-pub fn count(flow: &FlowInfo, action: Action, status: u16) {
+/// The counter of requests with this outcome.
+fn counter(flow: &FlowInfo, action: Action, status: u16) -> Counter {
     ::metrics::counter!(
         metrics::HTTP_REQUESTS,
         "direction" => flow.label(),
         "action" => action.as_str(),
         "status" => status.to_string()
     )
-    .increment(1);
+}
+
+/// Counts a request.
+pub fn count(flow: &FlowInfo, action: Action, status: u16) {
+    counter(flow, action, status).increment(1);
+}
+
+/// The counter of the outcome a connection's requests had last: the next ones mostly have
+/// the same, and looking a counter up by its labels costs more than judging the request.
+#[derive(Default)]
+pub struct LastCounter(Mutex<Option<(Action, u16, Counter)>>);
+
+impl LastCounter {
+    fn count(&self, flow: &FlowInfo, action: Action, status: u16) {
+        let Ok(mut last) = self.0.lock() else {
+            return count(flow, action, status);
+        };
+        match &*last {
+            Some((a, s, c)) if *a == action && *s == status => c.increment(1),
+            _ => {
+                let c = counter(flow, action, status);
+                c.increment(1);
+                *last = Some((action, status, c));
+            }
+        }
+    }
 }
 
 /// The host a request names, without port, lower case: the authority of an absolute
 /// target (HTTP/1) or `:authority` (HTTP/2), else `Host`. `Err` when both are given and
 /// disagree, which the proxy refuses.
 fn host_of<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> Result<Option<Cow<'a, str>>, &'static str> {
-    let header = match headers.get_all(header::HOST).iter().collect::<Vec<_>>()[..] {
-        [] => None,
-        [one] => Some(one.to_str().map_err(|_| "a Host that is not text")?),
-        _ => return Err("several Host headers"),
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let header = match (hosts.next(), hosts.next()) {
+        (None, _) => None,
+        (Some(one), None) => Some(one.to_str().map_err(|_| "a Host that is not text")?),
+        (Some(_), Some(_)) => return Err("several Host headers"),
     };
     let authority = uri.authority().map(|a| a.as_str());
     let name = match (authority, header) {
@@ -160,14 +187,14 @@ fn deciders(
 
 /// The request as the flow log shows it.
 struct Seen {
-    method: String,
+    method: Method,
     path: String,
     host: Option<String>,
 }
 
 async fn judge_and_forward(conn: &Connection, mut req: Request<Incoming>) -> Response<Body> {
     let mut seen = Seen {
-        method: req.method().as_str().to_owned(),
+        method: req.method().clone(),
         path: req.uri().path().to_owned(),
         host: None,
     };
@@ -180,11 +207,14 @@ async fn judge_and_forward(conn: &Connection, mut req: Request<Incoming>) -> Res
         Ok(h) => seen.host = h.map(Cow::into_owned),
         Err(why) => return refuse(why.to_owned(), &seen),
     }
-    match normalize(&seen.path) {
-        Ok(Cow::Borrowed(_)) => {}
-        Ok(Cow::Owned(p)) => seen.path = p,
+    let normalized = match normalize(&seen.path) {
+        Ok(Cow::Borrowed(_)) => false,
+        Ok(Cow::Owned(p)) => {
+            seen.path = p;
+            true
+        }
         Err(e) => return refuse(e.to_string(), &seen),
-    }
+    };
     let Some(snapshot) = conn.judge.state().current() else {
         // A connection is inspected only once a policy judged it; there is always one.
         return refuse("no policy".into(), &seen);
@@ -201,7 +231,7 @@ async fn judge_and_forward(conn: &Connection, mut req: Request<Incoming>) -> Res
         flow = flow.only_name(&named);
     }
     let view = View {
-        method: &seen.method,
+        method: seen.method.as_str(),
         path: &seen.path,
         query: req.uri().query(),
         host: seen.host.as_deref(),
@@ -231,18 +261,22 @@ async fn judge_and_forward(conn: &Connection, mut req: Request<Incoming>) -> Res
         return text(StatusCode::FORBIDDEN, body, false, grpc);
     }
     // What is judged is what the app gets: the normalised path, in origin form for HTTP/1.
-    let target = match req.uri().query() {
-        Some(q) => format!("{}?{q}", seen.path),
-        None => seen.path.clone(),
-    };
-    let mut parts = req.uri().clone().into_parts();
-    parts.path_and_query = PathAndQuery::try_from(target).ok();
-    if conn.version == Version::Http1 {
-        parts.scheme = None;
-        parts.authority = None;
-    }
-    if let Ok(uri) = Uri::from_parts(parts) {
-        *req.uri_mut() = uri;
+    // Most requests already are (and keep their target as it came).
+    let absolute = req.uri().scheme().is_some() || req.uri().authority().is_some();
+    if normalized || (conn.version == Version::Http1 && absolute) {
+        let target = match req.uri().query() {
+            Some(q) => format!("{}?{q}", seen.path),
+            None => seen.path.clone(),
+        };
+        let mut parts = req.uri().clone().into_parts();
+        parts.path_and_query = PathAndQuery::try_from(target).ok();
+        if conn.version == Version::Http1 {
+            parts.scheme = None;
+            parts.authority = None;
+        }
+        if let Ok(uri) = Uri::from_parts(parts) {
+            *req.uri_mut() = uri;
+        }
     }
     let upgrade = (conn.version == Version::Http1 && req.headers().contains_key(header::UPGRADE))
         .then(|| hyper::upgrade::on(&mut req));
@@ -339,7 +373,7 @@ impl Connection {
     /// Logs (denied and would-deny always, allowed on request) and counts a request.
     fn finish(&self, seen: &Seen, outcome: &Outcome, status: u16) {
         let action = outcome.action();
-        count(&self.flow, action, status);
+        self.counted.count(&self.flow, action, status);
         if action == Action::Allow && !self.judge.logs_allowed() {
             return;
         }
@@ -379,7 +413,7 @@ impl Connection {
                 fqdn: None,
                 extra: Some(Extra::Request(RequestEntry {
                     http: self.version.as_str(),
-                    method: &seen.method,
+                    method: seen.method.as_str(),
                     path: &seen.path,
                     host: seen.host.as_deref(),
                     status,
