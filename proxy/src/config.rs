@@ -186,4 +186,51 @@ mod tests {
             ]
         );
     }
+
+    /// What a connection that was not redirected reports (a listener's own address) is
+    /// told apart from a redirected one to another host's port of the same number.
+    #[test]
+    fn own_listeners_are_the_proxy_ports_on_loopback_and_the_pod_addresses() {
+        let config = Config {
+            pod: "x/a".into(),
+            pod_ips: vec!["10.0.0.5".parse().unwrap(), "fd00::5".parse().unwrap()],
+            node_ips: Vec::new(),
+            controllers: Vec::new(),
+            ca: CaSource::Pem(String::new()),
+            token_file: PathBuf::new(),
+            outbound_port: 7401,
+            inbound_port: 7402,
+            dns_port: 7403,
+            admin: "127.0.0.1:7490".parse().unwrap(),
+            metrics_port: Some(7491),
+            hold: Duration::ZERO,
+            fail_mode: FailMode::Closed,
+            dns_upstreams: Vec::new(),
+            log_allowed: false,
+            flow_reports: true,
+            udp_idle: Duration::ZERO,
+            connect_timeout: Duration::ZERO,
+            http: HttpLimits::default(),
+            opaque_ports: Vec::new(),
+            dns: DnsOptions::default(),
+        };
+        let own = |s: &str| config.is_own_listener(s.parse().unwrap());
+        for ours in [
+            "127.0.0.1:7401",
+            "[::1]:7403",
+            "10.0.0.5:7402",
+            "[fd00::5]:7491",
+        ] {
+            assert!(own(ours), "{ours}");
+        }
+        // Another host's 7401 is a destination like any other; so is our own app's port.
+        for theirs in [
+            "10.0.0.9:7401",
+            "[fd00::9]:7490",
+            "127.0.0.1:8080",
+            "10.0.0.5:80",
+        ] {
+            assert!(!own(theirs), "{theirs}");
+        }
+    }
 }

@@ -195,8 +195,8 @@ fn transparent_socket(client: SocketAddr, dst: SocketAddr) -> Result<TcpSocket, 
     Ok(TcpSocket::from_std_stream(second.into()))
 }
 
-/// A non-blocking TCP socket (made so, not set so later: one system call less) bound to the client's address (a port the kernel picks),
-/// which need not be an address of the pod.
+/// A non-blocking TCP socket (made so, not set so later: one system call less) bound to
+/// the client's address (a port the kernel picks), which need not be an address of the pod.
 fn bind_transparent(client: SocketAddr, dst: SocketAddr) -> Result<Socket, Fallback> {
     let socket = Socket::new(Domain::for_address(dst), Type::STREAM.nonblocking(), None)
         .map_err(Fallback::Bind)?;

@@ -115,11 +115,11 @@ fn injected(pod: &Pod) -> bool {
     })
 }
 
-/// The annotations Prometheus' Kubernetes discovery reads (the port's value is filled in).
-const PROMETHEUS: [(&str, &str); 3] = [
-    ("prometheus.io/scrape", "true"),
-    ("prometheus.io/port", ""),
-    ("prometheus.io/path", "/metrics"),
+/// The annotations Prometheus' Kubernetes discovery reads.
+const PROMETHEUS: [&str; 3] = [
+    "prometheus.io/scrape",
+    "prometheus.io/port",
+    "prometheus.io/path",
 ];
 
 /// Escapes a key for a JSON pointer (RFC 6901).
@@ -254,12 +254,12 @@ pub fn review(pod: &Pod, ns: Option<&Namespace>, options: &InjectOptions) -> Dec
     annotate(annotations::INJECTED, &options.image);
     // Prometheus finds the proxy's metrics as Istio's are found, unless the pod already
     // says where its own metrics are.
-    let scraped = PROMETHEUS.iter().any(|(k, _)| existing.contains_key(*k));
+    let scraped = PROMETHEUS.iter().any(|k| existing.contains_key(*k));
     if let (false, Some(port)) = (scraped, containers::metrics_port(&settings, options)) {
-        let port = port.to_string();
-        for (key, value) in PROMETHEUS {
-            annotate(key, if value.is_empty() { &port } else { value });
-        }
+        let [scrape, port_key, path] = PROMETHEUS;
+        annotate(scrape, "true");
+        annotate(port_key, &port.to_string());
+        annotate(path, "/metrics");
     }
     // `kubectl logs` and `exec` keep going to the app, not to the proxy.
     const DEFAULT_CONTAINER: &str = "kubectl.kubernetes.io/default-container";
