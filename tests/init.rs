@@ -534,9 +534,8 @@ fn dry_run_shows_what_other_protocols_meet() {
         "*filter
 :PALISADE_FILTER_IN - [0:0]
 :PALISADE_FILTER_OUT - [0:0]
--I INPUT 1 -j PALISADE_FILTER_IN
--I OUTPUT 1 -j PALISADE_FILTER_OUT
--A PALISADE_FILTER_IN -p tcp -j RETURN
+-I INPUT 1 ! -p tcp -j PALISADE_FILTER_IN
+-I OUTPUT 1 ! -p tcp -j PALISADE_FILTER_OUT
 -A PALISADE_FILTER_IN -p udp -j RETURN
 -A PALISADE_FILTER_IN -i lo -j RETURN
 -A PALISADE_FILTER_IN -s 192.168.1.10/32 -j RETURN
@@ -544,7 +543,6 @@ fn dry_run_shows_what_other_protocols_meet() {
 -A PALISADE_FILTER_IN -p icmp -m icmp --icmp-type 8 -j RETURN
 -A PALISADE_FILTER_IN -p icmp -m icmp --icmp-type 0 -m conntrack --ctstate ESTABLISHED -j RETURN
 -A PALISADE_FILTER_IN -j DROP
--A PALISADE_FILTER_OUT -p tcp -j RETURN
 -A PALISADE_FILTER_OUT -p udp -j RETURN
 -A PALISADE_FILTER_OUT -o lo -j RETURN
 -A PALISADE_FILTER_OUT -d 192.168.1.10/32 -j RETURN
@@ -560,9 +558,8 @@ COMMIT
         "*filter
 :PALISADE_FILTER_IN - [0:0]
 :PALISADE_FILTER_OUT - [0:0]
--I INPUT 1 -j PALISADE_FILTER_IN
--I OUTPUT 1 -j PALISADE_FILTER_OUT
--A PALISADE_FILTER_IN -p tcp -j RETURN
+-I INPUT 1 ! -p tcp -j PALISADE_FILTER_IN
+-I OUTPUT 1 ! -p tcp -j PALISADE_FILTER_OUT
 -A PALISADE_FILTER_IN -p udp -j RETURN
 -A PALISADE_FILTER_IN -i lo -j RETURN
 -A PALISADE_FILTER_IN -s fd00::10/128 -j RETURN
@@ -575,7 +572,6 @@ COMMIT
 -A PALISADE_FILTER_IN -p ipv6-icmp -m icmp6 --icmpv6-type 128 -j RETURN
 -A PALISADE_FILTER_IN -p ipv6-icmp -m icmp6 --icmpv6-type 129 -m conntrack --ctstate ESTABLISHED -j RETURN
 -A PALISADE_FILTER_IN -j DROP
--A PALISADE_FILTER_OUT -p tcp -j RETURN
 -A PALISADE_FILTER_OUT -p udp -j RETURN
 -A PALISADE_FILTER_OUT -o lo -j RETURN
 -A PALISADE_FILTER_OUT -d fd00::10/128 -j RETURN
@@ -597,8 +593,8 @@ COMMIT
     let mangle = dry_run_section(&dry, "IPv6");
     for rule in [
         "-I OUTPUT 2 -p tcp -j PALISADE_TCP_OUT",
-        "-A PALISADE_TCP_OUT -m conntrack --ctdir REPLY -m connmark --mark 0x2190 -j MARK --set-xmark 0x2190/0xffffffff",
-        "-A PALISADE_TCP_OUT -o lo -m owner --uid-owner 2190 -m addrtype ! --src-type LOCAL -j CONNMARK --set-xmark 0x2190/0xffffffff",
+        "-A PALISADE_TCP_OUT -m connmark --mark 0x2190 -m conntrack --ctdir REPLY -j MARK --set-xmark 0x2190/0xffffffff",
+        "-A PALISADE_TCP_OUT -o lo -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -m owner --uid-owner 2190 -m addrtype ! --src-type LOCAL -j CONNMARK --set-xmark 0x2190/0xffffffff",
     ] {
         assert!(mangle.contains(rule), "{rule} missing from\n{mangle}");
     }

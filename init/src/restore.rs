@@ -120,7 +120,7 @@ mod tests {
             filter,
             format!(
                 ":PALISADE_FILTER_IN - [0:0]\n:PALISADE_FILTER_OUT - [0:0]\n\
-                 -I INPUT 1 -j PALISADE_FILTER_IN\n-I OUTPUT 1 -j PALISADE_FILTER_OUT\n\
+                 -I INPUT 1 ! -p tcp -j PALISADE_FILTER_IN\n-I OUTPUT 1 ! -p tcp -j PALISADE_FILTER_OUT\n\
                  {rules}COMMIT\n"
             )
         );
@@ -135,8 +135,8 @@ mod tests {
         // A jump doubled by hand, and the single SCTP chain of an older palisade.
         let installed = Saved::parse(
             "*filter\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:PALISADE_FILTER - [0:0]\n\
-             :PALISADE_FILTER_IN - [0:0]\n-A INPUT -j PALISADE_FILTER_IN\n\
-             -A INPUT -j PALISADE_FILTER_IN\n-A INPUT -s 10.0.0.1/32 -j ACCEPT\n\
+             :PALISADE_FILTER_IN - [0:0]\n-A INPUT ! -p tcp -j PALISADE_FILTER_IN\n\
+             -A INPUT ! -p tcp -j PALISADE_FILTER_IN\n-A INPUT -s 10.0.0.1/32 -j ACCEPT\n\
              -A OUTPUT -j PALISADE_FILTER\n-A PALISADE_FILTER -p sctp -j DROP\nCOMMIT\n",
         );
         let input = install_input(&desired, &installed);
@@ -145,8 +145,8 @@ mod tests {
             filter,
             format!(
                 ":PALISADE_FILTER_IN - [0:0]\n:PALISADE_FILTER_OUT - [0:0]\n\
-                 -D INPUT -j PALISADE_FILTER_IN\n-D OUTPUT -j PALISADE_FILTER\n\
-                 -I OUTPUT 1 -j PALISADE_FILTER_OUT\n{rules}\
+                 -D INPUT ! -p tcp -j PALISADE_FILTER_IN\n-D OUTPUT -j PALISADE_FILTER\n\
+                 -I OUTPUT 1 ! -p tcp -j PALISADE_FILTER_OUT\n{rules}\
                  -F PALISADE_FILTER\n-X PALISADE_FILTER\nCOMMIT\n"
             )
         );

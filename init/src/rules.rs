@@ -202,7 +202,7 @@ fn mangle(config: &Config, family: Family) -> Table {
     rules.push(Rule::new(UDP_OUT, "-o lo -j RETURN"));
     rules.push(Rule::new(
         UDP_OUT,
-        format!("-m conntrack --ctdir REPLY -m connmark --mark {mark:#x} -j RETURN"),
+        format!("-m connmark --mark {mark:#x} -m conntrack --ctdir REPLY -j RETURN"),
     ));
     // DNS goes to the DNS listener through the nat table, unmarked.
     for server in hosts(&config.dns_servers, family) {
@@ -227,12 +227,14 @@ fn mangle(config: &Config, family: Family) -> Table {
 
     // The app's replies to a connection the inbound proxy opened from a client's address
     // are addressed to that client: the mark routes them back in through lo, to the
-    // proxy's socket, rather than out to the client. Checked first: replies are the
-    // common case here.
+    // proxy's socket, rather than out to the client. Every TCP packet the pod sends
+    // crosses this chain, so each rule tests its cheapest, most selective match first: the
+    // connection's mark (unmarked connections, nearly all, stop there), and the SYN (the
+    // mark is set once per connection, on its first packet).
     rules.push(Rule::new(
         TCP_OUT,
         format!(
-            "-m conntrack --ctdir REPLY -m connmark --mark {mark:#x} \
+            "-m connmark --mark {mark:#x} -m conntrack --ctdir REPLY \
              -j MARK --set-xmark {mark:#x}/0xffffffff"
         ),
     ));
@@ -241,8 +243,8 @@ fn mangle(config: &Config, family: Family) -> Table {
     rules.push(Rule::new(
         TCP_OUT,
         format!(
-            "-o lo -m owner --uid-owner {uid} -m addrtype ! --src-type LOCAL \
-             -j CONNMARK --set-xmark {mark:#x}/0xffffffff"
+            "-o lo -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -m owner --uid-owner {uid} \
+             -m addrtype ! --src-type LOCAL -j CONNMARK --set-xmark {mark:#x}/0xffffffff"
         ),
     ));
     table("mangle", &[UDP_IN, UDP_OUT, TCP_OUT], rules)
@@ -264,9 +266,9 @@ fn filter_side(config: &Config, family: Family, incoming: bool) -> Vec<Rule> {
         (FILTER_OUT, "-o", "-d")
     };
     let (proto, icmp_type) = icmp(family);
-    // TCP and UDP first: they are nearly all the traffic, and the proxy judges them.
+    // TCP never enters the chain (see [`filter`]); UDP returns first: with TCP, nearly all
+    // the traffic, and the proxy judges both.
     let mut rules = vec![
-        Rule::new(chain, "-p tcp -j RETURN"),
         Rule::new(chain, "-p udp -j RETURN"),
         Rule::new(chain, format!("{iface} lo -j RETURN")),
     ];
@@ -313,9 +315,10 @@ fn filter_side(config: &Config, family: Family, incoming: bool) -> Vec<Rule> {
 }
 
 fn filter(config: &Config, family: Family) -> Table {
+    // TCP is not even tested in the chain: one rule less for each of its packets.
     let mut rules = vec![
-        Rule::new("INPUT", format!("-j {FILTER_IN}")),
-        Rule::new("OUTPUT", format!("-j {FILTER_OUT}")),
+        Rule::new("INPUT", format!("! -p tcp -j {FILTER_IN}")),
+        Rule::new("OUTPUT", format!("! -p tcp -j {FILTER_OUT}")),
     ];
     rules.extend(filter_side(config, family, true));
     rules.extend(filter_side(config, family, false));
@@ -369,8 +372,8 @@ COMMIT
 -A PREROUTING -p udp -j PALISADE_UDP_IN
 -A OUTPUT -p udp -j PALISADE_UDP_OUT
 -A OUTPUT -p tcp -j PALISADE_TCP_OUT
--A PALISADE_TCP_OUT -m conntrack --ctdir REPLY -m connmark --mark 0x2190 -j MARK --set-xmark 0x2190/0xffffffff
--A PALISADE_TCP_OUT -o lo -m owner --uid-owner 2190 -m addrtype ! --src-type LOCAL -j CONNMARK --set-xmark 0x2190/0xffffffff
+-A PALISADE_TCP_OUT -m connmark --mark 0x2190 -m conntrack --ctdir REPLY -j MARK --set-xmark 0x2190/0xffffffff
+-A PALISADE_TCP_OUT -o lo -p tcp -m tcp --tcp-flags FIN,SYN,RST,ACK SYN -m owner --uid-owner 2190 -m addrtype ! --src-type LOCAL -j CONNMARK --set-xmark 0x2190/0xffffffff
 -A PALISADE_UDP_IN -i lo -p udp -m mark --mark 0x2190 -j TPROXY --on-port 7401 --on-ip 0.0.0.0 --tproxy-mark 0x2190/0xffffffff
 -A PALISADE_UDP_IN -i lo -j RETURN
 -A PALISADE_UDP_IN -m conntrack --ctdir REPLY -j RETURN
@@ -380,7 +383,7 @@ COMMIT
 -A PALISADE_UDP_OUT -o lo -m owner --uid-owner 2190 -m conntrack --ctdir ORIGINAL -j CONNMARK --set-xmark 0x2190/0xffffffff
 -A PALISADE_UDP_OUT -m owner --uid-owner 2190 -j RETURN
 -A PALISADE_UDP_OUT -o lo -j RETURN
--A PALISADE_UDP_OUT -m conntrack --ctdir REPLY -m connmark --mark 0x2190 -j RETURN
+-A PALISADE_UDP_OUT -m connmark --mark 0x2190 -m conntrack --ctdir REPLY -j RETURN
 -A PALISADE_UDP_OUT -d 10.96.0.10/32 -p udp -m udp --dport 53 -j RETURN
 -A PALISADE_UDP_OUT -d 169.254.169.254/32 -j RETURN
 -A PALISADE_UDP_OUT -p udp -m udp --dport 9000 -j RETURN
@@ -389,14 +392,12 @@ COMMIT
 *filter
 :PALISADE_FILTER_IN - [0:0]
 :PALISADE_FILTER_OUT - [0:0]
--A INPUT -j PALISADE_FILTER_IN
--A OUTPUT -j PALISADE_FILTER_OUT
--A PALISADE_FILTER_IN -p tcp -j RETURN
+-A INPUT ! -p tcp -j PALISADE_FILTER_IN
+-A OUTPUT ! -p tcp -j PALISADE_FILTER_OUT
 -A PALISADE_FILTER_IN -p udp -j RETURN
 -A PALISADE_FILTER_IN -i lo -j RETURN
 -A PALISADE_FILTER_IN -p icmp -m conntrack --ctstate RELATED -j RETURN
 -A PALISADE_FILTER_IN -j DROP
--A PALISADE_FILTER_OUT -p tcp -j RETURN
 -A PALISADE_FILTER_OUT -p udp -j RETURN
 -A PALISADE_FILTER_OUT -o lo -j RETURN
 -A PALISADE_FILTER_OUT -p icmp -m conntrack --ctstate RELATED -j RETURN
@@ -421,7 +422,6 @@ COMMIT
         assert_eq!(
             chain_rules(&text, FILTER_IN),
             [
-                "-p tcp -j RETURN",
                 "-p udp -j RETURN",
                 "-i lo -j RETURN",
                 "-p ipv6-icmp -m conntrack --ctstate RELATED -j RETURN",
@@ -437,7 +437,6 @@ COMMIT
         assert_eq!(
             out,
             [
-                "-p tcp -j RETURN",
                 "-p udp -j RETURN",
                 "-o lo -j RETURN",
                 "-p ipv6-icmp -m conntrack --ctstate RELATED -j RETURN",
