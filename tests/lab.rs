@@ -4,7 +4,7 @@
 //! counts. Needs root, iptables and setpriv (scripts/test installs what is missing).
 
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -913,6 +913,28 @@ fn bypass_attempts_fail() {
                 .runtime()
                 .block_on(agent::open(lab.netns("x/plain-a").unwrap(), dst));
             assert!(reached.is_err(), "plain-a reached {dst}");
+            assert!(
+                logged_deny(&lab, "x/pinger", "proxy-port", None, dst),
+                "no proxy-port refusal of {dst} in pinger's flow log"
+            );
+        }
+        // Nor does the pod's own app, which reaches the proxy's loopback listeners
+        // unredirected; its own port on loopback answers it.
+        let loopback = if v6 {
+            IpAddr::from(Ipv6Addr::LOCALHOST)
+        } else {
+            Ipv4Addr::LOCALHOST.into()
+        };
+        let pinger = lab.netns("x/pinger").unwrap();
+        let own_app = SocketAddr::new(loopback, 80);
+        assert!(
+            lab.runtime().block_on(agent::open(pinger, own_app)).is_ok(),
+            "pinger's app did not reach its own {own_app}"
+        );
+        for port in [7401, 7403] {
+            let dst = SocketAddr::new(loopback, port);
+            let reached = lab.runtime().block_on(agent::open(pinger, dst));
+            assert!(reached.is_err(), "pinger's app reached its proxy's {dst}");
             assert!(
                 logged_deny(&lab, "x/pinger", "proxy-port", None, dst),
                 "no proxy-port refusal of {dst} in pinger's flow log"

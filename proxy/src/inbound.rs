@@ -28,15 +28,7 @@ async fn handle(judge: Judge, client: TcpStream, src: SocketAddr) {
     // The app is reached at the address the client aimed at, so that a server listening
     // only on loopback stays out of reach, as it would be without palisade; and from the
     // client's own address, so that the app sees who called it.
-    let flow = FlowInfo {
-        direction: Direction::Ingress,
-        protocol: Protocol::Tcp,
-        src,
-        dst,
-        service: None,
-        names: None,
-        named: None,
-    };
+    let flow = FlowInfo::new(Direction::Ingress, Protocol::Tcp, src, dst);
     // Nobody outside the pod gets to speak to one of the proxy's own ports.
     if judge.config().is_own_port(dst.port()) {
         judge.refuse_own_port(&flow);

@@ -43,6 +43,19 @@ pub struct FlowInfo {
 }
 
 impl FlowInfo {
+    /// A flow known only by its ends: no Service, no DNS name.
+    pub fn new(direction: Direction, protocol: Protocol, src: SocketAddr, dst: SocketAddr) -> Self {
+        Self {
+            direction,
+            protocol,
+            src,
+            dst,
+            service: None,
+            names: None,
+            named: None,
+        }
+    }
+
     /// The other end, as policies see it (an IPv4-mapped IPv6 address as IPv4).
     pub fn peer(&self) -> IpAddr {
         match self.direction {
@@ -404,14 +417,20 @@ impl Judge {
         );
     }
 
-    /// Refuses a flow from outside the pod aimed at one of the proxy's own ports, which the
-    /// proxy never relays (it would loop into itself): counted, and logged as `proxy-port`.
+    /// Refuses a flow aimed at one of the proxy's own ports, which the proxy never relays (it
+    /// would loop into itself): from outside the pod, or from the pod's app straight to a
+    /// listener on loopback (never redirected). Counted, and logged as `proxy-port`.
     pub fn refuse_own_port(&self, flow: &FlowInfo) {
         metrics::counter_flow(flow, Action::Deny);
-        let detail = format!(
-            "port {} is the proxy's own; connections to it from outside the pod are refused",
-            flow.dst.port()
-        );
+        let port = flow.dst.port();
+        let detail = match flow.direction {
+            Direction::Ingress => format!(
+                "port {port} is the proxy's own; connections to it from outside the pod are refused"
+            ),
+            Direction::Egress => format!(
+                "port {port} is the proxy's own listener, which the pod's connections reach only through redirection; refused"
+            ),
+        };
         self.write_log(
             flow,
             Line {

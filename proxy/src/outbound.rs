@@ -8,7 +8,6 @@ use palisade_policy::ports::Protocol;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::judge::Judge;
-use crate::original_dst::original_dst;
 use crate::splice::reset_on_close;
 use crate::tcp;
 
@@ -18,12 +17,9 @@ pub async fn serve(listener: TcpListener, judge: Judge) {
 }
 
 async fn handle(judge: Judge, client: TcpStream, src: SocketAddr) {
-    let asked = match original_dst(&client, src) {
-        Ok(dst) if !judge.config().is_own_listener(dst) => dst,
-        _ => {
-            reset_on_close(&client);
-            return;
-        }
+    let Some(asked) = tcp::redirected_dst(&judge, &client, src) else {
+        reset_on_close(&client);
+        return;
     };
     let Some(flow) = judge.outbound_flow(src, asked, Protocol::Tcp).await else {
         // A Service port with no backend refuses, as kube-proxy's REJECT rule does.

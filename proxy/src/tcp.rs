@@ -8,12 +8,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use palisade_policy::policy::Direction;
+use palisade_policy::ports::Protocol;
 use palisade_policy::verdict::Action;
 use socket2::{Domain, Socket, Type};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 use crate::judge::{FlowInfo, Judge, L7Need};
 use crate::metrics;
+use crate::original_dst::original_dst;
 use crate::splice::{self, reset_on_close};
 use crate::{http, sni};
 
@@ -85,6 +87,18 @@ pub async fn forward(judge: &Judge, flow: FlowInfo, client: TcpStream) {
             reset_on_close(&client);
         }
     }
+}
+
+/// Where a connection the pod opened was going, from its redirection. A connection that
+/// reached one of the proxy's own listeners unredirected (the app connected to it on
+/// loopback) has nowhere to go: it is refused, and logged as `proxy-port`.
+pub fn redirected_dst(judge: &Judge, client: &TcpStream, src: SocketAddr) -> Option<SocketAddr> {
+    let dst = original_dst(client, src).ok()?;
+    if judge.config().is_own_listener(dst) {
+        judge.refuse_own_port(&FlowInfo::new(Direction::Egress, Protocol::Tcp, src, dst));
+        return None;
+    }
+    Some(dst)
 }
 
 /// Opens the connection an allowed flow is relayed to: an inbound one from the client's

@@ -30,7 +30,6 @@ use crate::config::Refusal;
 use crate::flowlog::{DnsEntry, Extra};
 use crate::judge::{FlowInfo, Judge, Line};
 use crate::metrics;
-use crate::original_dst::original_dst;
 use crate::splice::reset_on_close;
 use crate::{tcp, udp};
 use message::Question;
@@ -190,10 +189,7 @@ async fn write_frame(stream: &mut TcpStream, message: &[u8]) -> io::Result<()> {
 }
 
 async fn answer_tcp(judge: &Judge, mut client: TcpStream, src: SocketAddr) -> io::Result<()> {
-    let Some(asked) = original_dst(&client, src)
-        .ok()
-        .filter(|&dst| !judge.config().is_own_listener(dst))
-    else {
+    let Some(asked) = tcp::redirected_dst(judge, &client, src) else {
         reset_on_close(&client);
         return Ok(());
     };

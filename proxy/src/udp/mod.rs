@@ -218,15 +218,7 @@ async fn inbound(
     mut rx: mpsc::Receiver<Bytes>,
 ) -> io::Result<()> {
     let (client, dst) = key;
-    let flow = FlowInfo {
-        direction: Direction::Ingress,
-        protocol: Protocol::Udp,
-        src: client,
-        dst,
-        service: None,
-        names: None,
-        named: None,
-    };
+    let flow = FlowInfo::new(Direction::Ingress, Protocol::Udp, client, dst);
     if judge.config().is_own_port(dst.port()) {
         judge.refuse_own_port(&flow);
         sessions.deny(key, Instant::now() + judge.config().udp_idle);
