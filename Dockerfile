@@ -2,14 +2,18 @@
 # (`palisade init`, which needs iptables and ip) and the sidecar (`palisade proxy`).
 #   docker build -t palisade/palisade:0.1.0 .
 #
-# 1. palisade, statically linked against musl: it runs on an empty base.
-FROM rust:1-bookworm AS build
-RUN apt-get update -q && apt-get install -y -q musl-tools libcap2-bin \
- && rustup target add x86_64-unknown-linux-musl
+# 1. palisade, built for glibc as the benchmarks measure it (bench/README.md: glibc's
+#    allocator, and the proxy's code laid out first by build.rs), with the libraries it
+#    loads; the same glibc as the tools' below (both bookworm). The toolchain is the one
+#    link/hot-symbols.txt was written with: symbol names change with the compiler.
+FROM rust:1.95-bookworm AS build
+RUN apt-get update -q && apt-get install -y -q libcap2-bin
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked --target x86_64-unknown-linux-musl --bin palisade \
- && install -D target/x86_64-unknown-linux-musl/release/palisade /out/usr/local/bin/palisade \
+RUN cargo build --release --locked --bin palisade \
+ && install -D target/release/palisade /out/usr/local/bin/palisade \
+ && ldd target/release/palisade | awk '/=>/ { print $3 } /ld-linux/ { print $1 }' \
+    | xargs -r -I{} cp -L --parents {} /out \
  # The proxy runs as uid 2190 and needs CAP_NET_RAW for UDP (transparent and raw
  # sockets): permitted, not effective, so that the controller, which drops every
  # capability, can still run the same binary. The proxy raises it into its effective set
