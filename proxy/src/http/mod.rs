@@ -5,6 +5,7 @@
 //! normalised, judged by the policy crate, and forwarded or answered by the proxy itself
 //! (`403`, `400`). Anything else (TLS included) is refused and logged with its reason.
 
+mod clock;
 pub mod gate;
 mod io;
 mod request;
@@ -24,6 +25,7 @@ use crate::detect::{detect, DetectError, Detected, Prefixed};
 use crate::judge::{FlowInfo, Judge};
 use crate::metrics;
 use crate::splice::reset_on_close;
+use clock::{HeadClock, HeadTimer};
 use gate::Violation;
 use io::{Activity, Gated, Tracked};
 use upstream::Upstream;
@@ -139,12 +141,13 @@ pub async fn serve_detected(
         service_fn(move |req| request::handle(conn.clone(), req))
     };
     let tracked = Tracked::new(stream, conn.activity.clone());
+    let head_clock = Arc::new(HeadClock::new());
     let serving = async {
         let result = match version {
             Version::Http1 => {
                 let gated = Gated::new(tracked, limits, conn.violation.clone());
                 http1::Builder::new()
-                    .timer(TokioTimer::new())
+                    .timer(HeadTimer(head_clock.clone()))
                     .header_read_timeout(limits.header_timeout)
                     .max_headers(limits.max_headers)
                     // Bounds what one connection buffers (hyper's default is ~400 KiB); the
@@ -170,7 +173,7 @@ pub async fn serve_detected(
     tokio::select! {
         _ = serving => {}
         _ = judge.until_denied(&conn.flow, true, &mut policies) => {}
-        _ = idle(&conn, limits.idle_timeout) => {
+        _ = idle(&conn, limits.idle_timeout, (version == Version::Http1).then_some((&*head_clock, limits.header_timeout))) => {
             tracing::debug!(src = %conn.flow.src, "inspected connection idle; closed");
         }
     }
@@ -179,14 +182,19 @@ pub async fn serve_detected(
     }
 }
 
-/// Resolves once no byte moved for `limit` while no request waited for its response.
-async fn idle(conn: &Connection, limit: Duration) {
+/// Resolves once no byte moved for `limit` while no request waited for its response. On
+/// the way, wakes an HTTP/1 head whose time ran out (`head`: its clock and limit).
+async fn idle(conn: &Connection, limit: Duration, head: Option<(&HeadClock, Duration)>) {
     loop {
         let quiet = conn.activity.quiet_for();
         if quiet >= limit && conn.waiting.load(Ordering::Relaxed) == 0 {
             return;
         }
-        tokio::time::sleep(limit.saturating_sub(quiet).max(Duration::from_millis(100))).await;
+        let mut wait = limit.saturating_sub(quiet).max(Duration::from_millis(100));
+        if let Some((clock, head_limit)) = head {
+            wait = wait.min(clock.next_check(head_limit));
+        }
+        tokio::time::sleep(wait).await;
     }
 }
 
